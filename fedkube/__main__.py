@@ -1,0 +1,3 @@
+from fedkube.cli import main
+
+main()

@@ -1,0 +1,382 @@
+"""The `FederatedJob` spec: one manifest for `kubectl apply` and `fedkube run`.
+
+Pure module: pydantic models, defaults and validation. No I/O except the small
+`load_job_file` helper that reads YAML from a path.
+
+Kubernetes conventions are kept: field names are camelCase in the manifest and
+numbers that are not integers (learning rates, ratios) are strings, for example
+``learningRate: "0.01"``. In Python they are floats with snake_case names.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from fedkube.errors import SpecError
+
+API_VERSION = "fedkube.dev/v1alpha1"
+KIND = "FederatedJob"
+# Child objects are named "<job>-combiner-<n>", "<job>-reducer", ...; a
+# Kubernetes Service name is a DNS-1035 label of at most 63 characters.
+MAX_NAME_LENGTH = 40
+_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _decimal(value: Any) -> Any:
+    """Accept '0.01' (the manifest form) as well as 0.01."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError as exc:
+            raise ValueError(f"not a number: {value!r}") from exc
+    return value
+
+
+# A float that is written as a string in the manifest.
+Decimal = Annotated[
+    float,
+    BeforeValidator(_decimal),
+    PlainSerializer(lambda v: repr(float(v)), return_type=str, when_used="json"),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class Metadata(_Model):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_name(self) -> Metadata:
+        if len(self.name) > MAX_NAME_LENGTH:
+            raise ValueError(
+                f"metadata.name {self.name!r} is {len(self.name)} characters; at most "
+                f"{MAX_NAME_LENGTH} leave room for child object names"
+            )
+        if not _NAME_RE.match(self.name):
+            raise ValueError(
+                f"metadata.name {self.name!r} must be a DNS-1035 label: lower-case letters, "
+                "digits and '-', starting with a letter"
+            )
+        return self
+
+
+class ModelSpec(_Model):
+    """Where the seed (round 0) model comes from."""
+
+    seed_uri: str | None = Field(
+        default=None,
+        description="Seed model: a path (relative to the job file), file:// URI or object key.",
+    )
+    init_command: list[str] | None = Field(
+        default=None,
+        description="Command run once by one client as `CMD OUT_MODEL` to create the seed.",
+    )
+    init_fn: str | None = Field(
+        default=None,
+        description="In-process seed function `package.module:function` returning tensors.",
+    )
+    max_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Largest accepted model or update file in bytes."
+    )
+
+
+class TrainSpec(_Model):
+    """The client's training entrypoint (see the train entrypoint contract)."""
+
+    command: list[str] | None = Field(
+        default=None, description="Run as `COMMAND IN_MODEL OUT_MODEL` for each train task."
+    )
+    fn: str | None = Field(
+        default=None, description="In-process train function `package.module:function`."
+    )
+    validate_command: list[str] | None = Field(
+        default=None, description="Run as `COMMAND IN_MODEL OUT_JSON` for each validation task."
+    )
+    validate_fn: str | None = Field(
+        default=None, description="In-process validate function `package.module:function`."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form train config, passed as FEDKUBE_CONFIG."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment for the train command."
+    )
+
+
+class SimulationSpec(_Model):
+    """Clients that `fedkube run` starts on this machine (ignored by the operator)."""
+
+    clients: int = Field(default=0, ge=0, le=10_000)
+    in_process: bool = Field(
+        default=True,
+        description="Use the in-process train/validate functions when both forms are given.",
+    )
+
+
+class ClientsSpec(_Model):
+    per_round: int = Field(default=2, ge=1, description="Clients selected per round (total).")
+    min_updates: int = Field(
+        default=1, ge=1, description="Quorum: updates needed for a round to succeed."
+    )
+    round_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="Deadline for train tasks of one round attempt."
+    )
+    wait_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="How long a round waits for enough connected clients."
+    )
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    simulation: SimulationSpec = Field(default_factory=SimulationSpec)
+
+    @model_validator(mode="after")
+    def _quorum(self) -> ClientsSpec:
+        if self.min_updates > self.per_round:
+            raise ValueError(
+                f"clients.minUpdates ({self.min_updates}) must be <= clients.perRound "
+                f"({self.per_round})"
+            )
+        return self
+
+
+class CombinersSpec(_Model):
+    replicas: int = Field(default=1, ge=1, le=256)
+
+
+class FedAvgAggregator(_Model):
+    name: Literal["fedavg"] = "fedavg"
+
+
+class MedianAggregator(_Model):
+    name: Literal["median"]
+
+
+class TrimmedMeanAggregator(_Model):
+    name: Literal["trimmedmean"]
+    trim_ratio: Annotated[Decimal, Field(ge=0.0, lt=0.5)] = 0.1
+
+
+AggregatorSpec = Annotated[
+    FedAvgAggregator | MedianAggregator | TrimmedMeanAggregator, Field(discriminator="name")
+]
+
+
+class FedAvgOptimizer(_Model):
+    name: Literal["fedavg"] = "fedavg"
+
+
+class FedAvgMOptimizer(_Model):
+    name: Literal["fedavgm"]
+    learning_rate: Annotated[Decimal, Field(gt=0)] = 1.0
+    momentum: Annotated[Decimal, Field(ge=0, lt=1)] = 0.9
+
+
+class _AdaptiveOptimizer(_Model):
+    learning_rate: Annotated[Decimal, Field(gt=0)] = 0.01
+    beta1: Annotated[Decimal, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[Decimal, Field(ge=0, lt=1)] = 0.99
+    tau: Annotated[Decimal, Field(gt=0)] = 1e-3
+
+
+class FedAdamOptimizer(_AdaptiveOptimizer):
+    name: Literal["fedadam"]
+
+
+class FedYogiOptimizer(_AdaptiveOptimizer):
+    name: Literal["fedyogi"]
+
+
+class FedAdagradOptimizer(_AdaptiveOptimizer):
+    name: Literal["fedadagrad"]
+
+
+ServerOptimizerSpec = Annotated[
+    FedAvgOptimizer | FedAvgMOptimizer | FedAdamOptimizer | FedYogiOptimizer | FedAdagradOptimizer,
+    Field(discriminator="name"),
+]
+
+
+class ValidationSpec(_Model):
+    enabled: bool = True
+    every: int = Field(default=1, ge=1, description="Validate the global model every N rounds.")
+    per_round: int | None = Field(
+        default=None, ge=1, description="Clients asked to validate (default: all connected)."
+    )
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    min_reports: int = Field(default=1, ge=1)
+
+
+class RetrySpec(_Model):
+    max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts per round.")
+
+
+class LocalStorageSpec(_Model):
+    path: str = Field(default="store", description="Directory, relative to the workdir.")
+
+
+class S3StorageSpec(_Model):
+    endpoint: str
+    bucket: str
+    region: str | None = None
+    secure: bool = True
+    public_endpoint: str | None = None
+    credentials_secret: str | None = Field(
+        default=None, description="Kubernetes Secret with AWS_ACCESS_KEY_ID/SECRET_ACCESS_KEY."
+    )
+
+
+class StorageSpec(_Model):
+    local: LocalStorageSpec | None = None
+    s3: S3StorageSpec | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StorageSpec:
+        if self.local is not None and self.s3 is not None:
+            raise ValueError("storage: set either local or s3, not both")
+        return self
+
+
+class SqliteStateSpec(_Model):
+    path: str = Field(default="state.db", description="File, relative to the workdir.")
+
+
+class MongoStateSpec(_Model):
+    uri_secret: str | None = None
+    uri_env: str = "FEDKUBE_MONGODB_URI"
+    database: str = "fedkube"
+
+
+class StateStoreSpec(_Model):
+    sqlite: SqliteStateSpec | None = None
+    mongodb: MongoStateSpec | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StateStoreSpec:
+        if self.sqlite is not None and self.mongodb is not None:
+            raise ValueError("stateStore: set either sqlite or mongodb, not both")
+        return self
+
+
+class JobSpec(_Model):
+    rounds: int = Field(ge=1, le=100_000, description="Number of federated rounds.")
+    suspend: bool = False
+    seed: int = Field(default=0, description="Seed for client selection.")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    clients: ClientsSpec = Field(default_factory=ClientsSpec)
+    combiners: CombinersSpec = Field(default_factory=CombinersSpec)
+    aggregator: AggregatorSpec = Field(default_factory=FedAvgAggregator)
+    server_optimizer: ServerOptimizerSpec = Field(default_factory=FedAvgOptimizer)
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    state_store: StateStoreSpec = Field(default_factory=StateStoreSpec)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _entrypoints(self) -> JobSpec:
+        m = self.model
+        if sum(x is not None for x in (m.seed_uri, m.init_command, m.init_fn)) > 1:
+            raise ValueError("model: set at most one of seedUri, initCommand, initFn")
+        return self
+
+
+class FederatedJob(_Model):
+    api_version: Literal["fedkube.dev/v1alpha1"] = Field(default=API_VERSION)
+    kind: Literal["FederatedJob"] = KIND
+    metadata: Metadata
+    spec: JobSpec
+    status: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest form (camelCase, decimals as strings, no unset status)."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"status"})
+
+
+def _loc(err: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for p in err.get("loc", ()):
+        if isinstance(p, int):
+            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
+        elif p in {
+            "fedavg",
+            "median",
+            "trimmedmean",
+            "fedavgm",
+            "fedadam",
+            "fedyogi",
+            "fedadagrad",
+        }:
+            continue  # discriminated-union tag, not a field
+        else:
+            parts.append(str(p))
+    return ".".join(parts) or "<root>"
+
+
+def parse_job(data: Any, *, source: str = "job") -> FederatedJob:
+    """Validate a manifest (a mapping) into a FederatedJob.
+
+    Raises SpecError whose message lists every bad field by its manifest path,
+    for example ``spec.clients.minUpdates``.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a FederatedJob manifest must be a mapping, got {type(data).__name__}")
+    try:
+        return FederatedJob.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {_loc(err)}: {msg}")
+        raise SpecError(f"{source}: invalid FederatedJob:\n" + "\n".join(lines)) from None
+
+
+def load_job_file(path: str | Path) -> FederatedJob:
+    """Read and validate a FederatedJob YAML file (the first FederatedJob document)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read job file: {exc.strerror}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{p}: not valid YAML: {exc}") from None
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
+    if not jobs:
+        raise SpecError(f"{p}: no document with kind: {KIND}")
+    return parse_job(jobs[0], source=str(p))
+
+
+def job_from_json(text: str) -> FederatedJob:
+    import json
+
+    return parse_job(json.loads(text))

@@ -1,0 +1,96 @@
+"""The ObjectStore interface. Pure module (no I/O here)."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+
+def model_key(job: str, round: int) -> str:
+    """Global model after `round` (round 0 is the seed)."""
+    return f"jobs/{job}/models/{round:06d}.safetensors"
+
+
+def update_key(job: str, round: int, attempt: int, client: str) -> str:
+    return f"jobs/{job}/updates/{round:06d}/{attempt}/{client}.safetensors"
+
+
+def partial_key(job: str, round: int, attempt: int, combiner: str) -> str:
+    return f"jobs/{job}/partials/{round:06d}/{attempt}/{combiner}.safetensors"
+
+
+def optimizer_key(job: str, round: int) -> str:
+    """Server optimizer state after `round`."""
+    return f"jobs/{job}/optimizer/{round:06d}.safetensors"
+
+
+class ObjectStore(abc.ABC):
+    """Flat key -> bytes storage for model files.
+
+    Keys are '/'-separated relative paths (no leading '/', no '..'). All methods
+    raise fedkube.errors.StoreError (ObjectNotFound for a missing key).
+    Files go in and out by path so large models stream instead of being held
+    in memory.
+    """
+
+    #: a URI naming this store without credentials (for logs and status)
+    uri: str
+
+    @abc.abstractmethod
+    def put_file(self, key: str, path: str | Path) -> None:
+        """Upload a local file to `key` (overwrites)."""
+
+    @abc.abstractmethod
+    def get_file(self, key: str, path: str | Path) -> None:
+        """Download `key` into a local file (written atomically)."""
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        import os
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix="fedkube-put-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            self.put_file(key, tmp)
+        finally:
+            os.unlink(tmp)
+
+    def get_bytes(self, key: str) -> bytes:
+        import os
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix="fedkube-get-")
+        os.close(fd)
+        try:
+            self.get_file(key, tmp)
+            return Path(tmp).read_bytes()
+        finally:
+            os.unlink(tmp)
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key`; a missing key is not an error."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int:
+        """Size in bytes; ObjectNotFound if missing."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys starting with `prefix`, sorted."""
+
+    @abc.abstractmethod
+    def presign_get(self, key: str, expires_seconds: int = 900) -> str:
+        """A URL (or, for the local store, a file path) a client can read `key` from."""
+
+    @abc.abstractmethod
+    def presign_put(self, key: str, expires_seconds: int = 900) -> str:
+        """A URL (or, for the local store, a file path) a client can write `key` to."""
+
+    def local_path(self, key: str) -> Path | None:
+        """The file behind `key` when the store is a local directory, else None."""
+        return None

@@ -1,0 +1,88 @@
+"""What an in-process train/validate function receives and returns. Pure module.
+
+A train function has the signature ``train(model, ctx) -> TrainResult`` where
+``model`` is an ordered mapping ``name -> numpy array`` (the global model) and a
+validate function ``validate(model, ctx) -> ValidationResult``. They are named
+in the job spec (``spec.train.fn``) or on the command line
+(``fedkube client --train-fn package.module:function``) and imported once, so
+imports and data stay warm between rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    job: str
+    round: int
+    attempt: int
+    client_id: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    client_index: int | None = None
+    num_clients: int | None = None
+
+    def env(self) -> dict[str, str]:
+        """The environment of the train entrypoint contract for this task."""
+        env = {
+            "FEDKUBE_JOB": self.job,
+            "FEDKUBE_ROUND": str(self.round),
+            "FEDKUBE_ATTEMPT": str(self.attempt),
+            "FEDKUBE_CLIENT": self.client_id,
+            "FEDKUBE_CONFIG": json.dumps(dict(self.config)),
+        }
+        if self.client_index is not None:
+            env["FEDKUBE_CLIENT_INDEX"] = str(self.client_index)
+        if self.num_clients is not None:
+            env["FEDKUBE_NUM_CLIENTS"] = str(self.num_clients)
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TaskContext:
+        """Rebuild the context inside a train command from its environment."""
+        e = os.environ if environ is None else environ
+        idx = e.get("FEDKUBE_CLIENT_INDEX")
+        num = e.get("FEDKUBE_NUM_CLIENTS")
+        return cls(
+            job=e.get("FEDKUBE_JOB", ""),
+            round=int(e.get("FEDKUBE_ROUND", "0")),
+            attempt=int(e.get("FEDKUBE_ATTEMPT", "0")),
+            client_id=e.get("FEDKUBE_CLIENT", ""),
+            config=json.loads(e.get("FEDKUBE_CONFIG", "{}")),
+            client_index=int(idx) if idx else None,
+            num_clients=int(num) if num else None,
+        )
+
+
+@dataclass
+class TrainResult:
+    model: Tensors
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ValidationResult:
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class TrainFn(Protocol):
+    def __call__(self, model: Tensors, ctx: TaskContext) -> TrainResult: ...
+
+
+class ValidateFn(Protocol):
+    def __call__(self, model: Tensors, ctx: TaskContext) -> ValidationResult: ...
+
+
+class InitFn(Protocol):
+    def __call__(self) -> Tensors: ...
