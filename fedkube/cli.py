@@ -1,10 +1,534 @@
-"""The `fedkube` command line (typer)."""
+"""The `fedkube` command line (typer).
+
+Components are imported inside their commands, so `fedkube status` does not
+load gRPC servers and `fedkube client` does not load the reducer.
+"""
 
 from __future__ import annotations
 
-import typer
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-app = typer.Typer(help="fedkube: Kubernetes-native federated learning.", no_args_is_help=True)
+import typer
+from rich.console import Console
+
+from fedkube.errors import FedkubeError
+from fedkube.settings import DEFAULT_WORKDIR
+
+if TYPE_CHECKING:
+    from fedkube.spec import FederatedJob
+    from fedkube.state import StateStore
+
+app = typer.Typer(
+    help="fedkube: Kubernetes-native federated learning.\n\n"
+    "Run a whole federation locally with `fedkube run JOB.yaml`, inspect it with "
+    "`fedkube status`, fetch models with `fedkube models pull`. The role commands "
+    "(reducer, combiner, client) are what the Kubernetes operator runs in its pods.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+models_app = typer.Typer(help="List and download global models of a job.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True)
+
+WorkdirOpt = Annotated[
+    Path,
+    typer.Option("--workdir", "-w", help="Directory holding the embedded store, state and logs."),
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Object store URI overriding the spec: file:///dir or "
+        "s3://bucket?endpoint=host:port (credentials from AWS_ACCESS_KEY_ID/"
+        "AWS_SECRET_ACCESS_KEY).",
+    ),
+]
+StateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--state",
+        help="State store URI overriding the spec: sqlite:///path.db or mongodb://host:port/db.",
+    ),
+]
+LogLevelOpt = Annotated[
+    str, typer.Option("--log-level", help="debug, info, warning or error (JSON lines on stderr).")
+]
+JobFileOpt = Annotated[
+    Path, typer.Option("--job", "-j", help="The FederatedJob manifest (YAML).", exists=False)
+]
+JobDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--job-dir",
+        help="Directory that relative paths and in-process imports of the job resolve "
+        "against, and where train commands run (default: the job file's directory).",
+    ),
+]
+TlsCertOpt = Annotated[
+    str | None, typer.Option("--tls-cert", help="Server certificate (PEM); enables TLS.")
+]
+TlsKeyOpt = Annotated[str | None, typer.Option("--tls-key", help="Server private key (PEM).")]
+TlsClientCaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-client-ca", help="CA (PEM) that client certificates must chain to; enables mTLS."
+    ),
+]
+TlsCaOpt = Annotated[
+    str | None, typer.Option("--tls-ca", help="CA (PEM) to verify the server with; enables TLS.")
+]
+
+
+def _fail(exc: BaseException, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/] {exc}")
+    return typer.Exit(code)
+
+
+def _setup_logging(level: str) -> None:
+    from fedkube.logs import setup_logging
+
+    setup_logging(level)
+
+
+# ---------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    job_file: Annotated[Path, typer.Argument(help="FederatedJob manifest (YAML).")],
+    workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
+    rounds: Annotated[
+        int | None, typer.Option("--rounds", "-r", min=1, help="Override spec.rounds.")
+    ] = None,
+    clients: Annotated[
+        int | None,
+        typer.Option("--clients", min=0, help="Override spec.clients.simulation.clients."),
+    ] = None,
+    store: StoreOpt = None,
+    state: StateOpt = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Delete this job's embedded state and models first (otherwise an "
+            "unfinished job resumes and a finished one is reported).",
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Run a whole federation on this machine: reducer, combiners and the job's simulated
+    clients as separate processes on loopback gRPC. Exits 0 only if the job Succeeded."""
+    from fedkube.localrun import LocalRunOptions, run_local
+
+    opts = LocalRunOptions(
+        job_file=job_file,
+        workdir=workdir,
+        rounds=rounds,
+        clients=clients,
+        store=store,
+        state=state,
+        fresh=fresh,
+        log_level=log_level,
+        progress=not quiet,
+    )
+    try:
+        rc = run_local(opts)
+    except FedkubeError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(rc)
+
+
+# ---------------------------------------------------------------- status
+
+
+def _open_state(workdir: Path, state: str | None, job_file: Path | None = None) -> StateStore:
+    from fedkube.settings import state_uri
+    from fedkube.spec import load_job_file
+    from fedkube.state import open_state_store
+
+    job = load_job_file(job_file) if job_file else None
+    if state is None and job is None and not (workdir / "state.db").exists():
+        raise FedkubeError(
+            f"no state store in {workdir.resolve()} (run `fedkube run` there, or "
+            "pass --workdir or --state)"
+        )
+    return open_state_store(state_uri(job, workdir.resolve(), state))
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="Job name (default: all jobs).")] = None,
+    workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
+    state: StateOpt = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+) -> None:
+    """Show a job: phase, completed rounds, latest metrics, per-round metrics, timings and
+    participants, failed attempts and recent warnings."""
+    from fedkube.report import job_status, render_status
+
+    if output not in ("table", "json"):
+        raise _fail(ValueError(f"--output must be table or json, not {output!r}"))
+    try:
+        st = _open_state(workdir, state)
+        try:
+            names = [name] if name else [j.name for j in st.list_jobs()]
+            data = [job_status(st, n) for n in names]
+        finally:
+            st.close()
+    except FedkubeError as exc:
+        raise _fail(exc) from None
+    if output == "json":
+        print(json.dumps(data[0] if name else data, indent=2))
+        return
+    out = Console()
+    if not data:
+        out.print("no jobs")
+    for d in data:
+        out.print(render_status(d))
+
+
+# ---------------------------------------------------------------- models
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="Job name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")] = Path(
+        "model.safetensors"
+    ),
+    round: Annotated[
+        int | None, typer.Option("--round", help="Model after this round (default: the latest).")
+    ] = None,
+    workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
+    state: StateOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Download a global model (safetensors) and check its sha256 against the lineage."""
+    from fedkube.model import sha256_file
+    from fedkube.state import ModelRecord
+    from fedkube.store import open_object_store
+
+    try:
+        st = _open_state(workdir, state)
+        try:
+            rec: ModelRecord | None = st.get_model(name, round)
+            job = st.get_job(name)
+        finally:
+            st.close()
+        if rec is None:
+            which = f"round {round}" if round is not None else "any round"
+            raise FedkubeError(f"job {name!r} has no model for {which}")
+        if store is None and job is not None:
+            from fedkube.settings import store_uri
+            from fedkube.spec import parse_job
+
+            store = store_uri(parse_job(job.manifest), workdir.resolve())
+        obj = open_object_store(store or f"file://{(workdir / 'store').resolve()}")
+        obj.get_file(rec.key, output)
+        if sha256_file(output) != rec.sha256:
+            output.unlink()
+            raise FedkubeError(f"{rec.key}: sha256 does not match the recorded lineage")
+    except FedkubeError as exc:
+        raise _fail(exc) from None
+    err.print(
+        f"wrote {output} (job {name}, round {rec.round}, {rec.size} bytes, "
+        f"sha256 {rec.sha256[:12]})"
+    )
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str, typer.Argument(help="Job name.")],
+    workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
+    state: StateOpt = None,
+) -> None:
+    """List a job's models: round, key, parent, size, sha256."""
+    try:
+        st = _open_state(workdir, state)
+        try:
+            recs = st.list_models(name)
+        finally:
+            st.close()
+    except FedkubeError as exc:
+        raise _fail(exc) from None
+    for r in recs:
+        print(f"{r.round:>5}  {r.key}  {r.size:>12}  {r.sha256[:12]}")
+
+
+# ---------------------------------------------------------------- roles
+
+
+def _load(job_file: Path) -> FederatedJob:
+    from fedkube.spec import load_job_file
+
+    return load_job_file(job_file)
+
+
+@app.command()
+def combiner(
+    job_file: JobFileOpt,
+    name: Annotated[str, typer.Option("--name", help="This combiner's name (unique in the job).")],
+    listen: Annotated[
+        str,
+        typer.Option(
+            "--listen", help="host:port to serve clients and the reducer on (port 0 picks one)."
+        ),
+    ] = "0.0.0.0:7070",
+    store: StoreOpt = None,
+    state: StateOpt = None,
+    workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
+    port_file: Annotated[
+        Path | None, typer.Option("--port-file", help="Write the port actually bound to this file.")
+    ] = None,
+    client_token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--client-token-file",
+            help="File with the clients' bearer token (else $FEDKUBE_CLIENT_TOKEN).",
+        ),
+    ] = None,
+    reducer_token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--reducer-token-file",
+            help="File with the reducer's bearer token (else $FEDKUBE_REDUCER_TOKEN).",
+        ),
+    ] = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_client_ca: TlsClientCaOpt = None,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Serve a combiner: clients connect here; it selects them for rounds, checks their
+    updates and keeps one running weighted sum (memory O(model))."""
+    _setup_logging(log_level)
+    from fedkube.combiner.server import serve_combiner
+    from fedkube.rpc import CLIENT_TOKEN_ENV, REDUCER_TOKEN_ENV, read_token, server_tls
+    from fedkube.settings import state_uri, store_uri
+    from fedkube.state import open_state_store
+    from fedkube.store import open_object_store
+
+    try:
+        job = _load(job_file)
+        wd = workdir.resolve()
+        obj = open_object_store(store_uri(job, wd, store))
+        st = open_state_store(state_uri(job, wd, state))
+        ctok = read_token(CLIENT_TOKEN_ENV, client_token_file)
+        rtok = read_token(REDUCER_TOKEN_ENV, reducer_token_file)
+        tls = server_tls(tls_cert, tls_key, tls_client_ca)
+    except (FedkubeError, ValueError) as exc:
+        raise _fail(exc) from None
+    asyncio.run(
+        serve_combiner(
+            name=name,
+            job=job,
+            store=obj,
+            state=st,
+            listen=listen,
+            client_token=ctok,
+            reducer_token=rtok,
+            workdir=wd,
+            tls=tls,
+            port_file=port_file,
+        )
+    )
+
+
+@app.command()
+def reducer(
+    job_file: JobFileOpt,
+    combiner: Annotated[
+        list[str],
+        typer.Option("--combiner", "-c", help="A combiner as NAME=HOST:PORT; repeat for each."),
+    ],
+    store: StoreOpt = None,
+    state: StateOpt = None,
+    workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
+    job_dir: JobDirOpt = None,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--token-file", help="File with the reducer bearer token (else $FEDKUBE_REDUCER_TOKEN)."
+        ),
+    ] = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: Annotated[
+        str | None, typer.Option("--tls-cert", help="Client certificate (PEM) for mTLS.")
+    ] = None,
+    tls_key: Annotated[
+        str | None, typer.Option("--tls-key", help="Client key (PEM) for mTLS.")
+    ] = None,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Run a job's round loop against its combiners. Resumes from the last committed round;
+    exits 0 when the job Succeeded, 1 when it Failed."""
+    _setup_logging(log_level)
+    from fedkube.combiner.reducer import ReducerConfig, run_reducer
+    from fedkube.localrun import phase_exit_code
+    from fedkube.rpc import REDUCER_TOKEN_ENV, client_tls, read_token
+    from fedkube.settings import state_uri, store_uri
+    from fedkube.state import open_state_store
+    from fedkube.store import open_object_store
+
+    try:
+        job = _load(job_file)
+        combiners: dict[str, str] = {}
+        for c in combiner:
+            n, sep, addr = c.partition("=")
+            if not sep or not n or ":" not in addr:
+                raise ValueError(f"--combiner {c!r}: expected NAME=HOST:PORT")
+            combiners[n] = addr
+        wd = workdir.resolve()
+        cfg = ReducerConfig(
+            job=job,
+            store=open_object_store(store_uri(job, wd, store)),
+            state=open_state_store(state_uri(job, wd, state)),
+            combiners=combiners,
+            reducer_token=read_token(REDUCER_TOKEN_ENV, token_file),
+            workdir=wd,
+            job_dir=(job_dir or job_file.parent).resolve(),
+            tls=client_tls(tls_ca, tls_cert, tls_key),
+        )
+    except (FedkubeError, ValueError) as exc:
+        raise _fail(exc) from None
+    sys.path.insert(0, str((job_dir or job_file.parent).resolve()))
+    raise typer.Exit(phase_exit_code(run_reducer(cfg)))
+
+
+@app.command()
+def client(
+    connect: Annotated[str, typer.Option("--connect", help="Combiner address HOST:PORT.")],
+    job: Annotated[
+        str,
+        typer.Option(
+            "--job",
+            "-j",
+            help="Job name, or a FederatedJob manifest file whose spec.train gives "
+            "the train/validate entrypoints.",
+        ),
+    ],
+    client_id: Annotated[str, typer.Option("--client-id", help="Stable id of this client.")],
+    train_fn: Annotated[
+        str | None,
+        typer.Option(
+            "--train-fn",
+            help="In-process train function package.module:function (warm between rounds).",
+        ),
+    ] = None,
+    validate_fn: Annotated[
+        str | None,
+        typer.Option("--validate-fn", help="In-process validate function package.module:function."),
+    ] = None,
+    train_cmd: Annotated[
+        str | None,
+        typer.Option("--train-cmd", help="Train command, run as `CMD IN_MODEL OUT_MODEL`."),
+    ] = None,
+    validate_cmd: Annotated[
+        str | None,
+        typer.Option("--validate-cmd", help="Validate command, run as `CMD IN_MODEL OUT_JSON`."),
+    ] = None,
+    workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
+    job_dir: JobDirOpt = None,
+    client_index: Annotated[
+        int,
+        typer.Option(
+            "--client-index",
+            help="This client's position among simulated peers (FEDKUBE_CLIENT_INDEX).",
+        ),
+    ] = -1,
+    num_clients: Annotated[
+        int, typer.Option("--num-clients", help="Number of simulated peers (FEDKUBE_NUM_CLIENTS).")
+    ] = 0,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--token-file", help="File with the client bearer token (else $FEDKUBE_CLIENT_TOKEN)."
+        ),
+    ] = None,
+    heartbeat: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat", help="Heartbeat interval in seconds until the combiner names its own."
+        ),
+    ] = 5.0,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: Annotated[
+        str | None, typer.Option("--tls-cert", help="Client certificate (PEM) for mTLS.")
+    ] = None,
+    tls_key: Annotated[
+        str | None, typer.Option("--tls-key", help="Client key (PEM) for mTLS.")
+    ] = None,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Connect to a combiner and run train/validate tasks until stopped. Entry points come
+    from the flags, else from the job file's spec.train (in-process form preferred)."""
+    _setup_logging(log_level)
+    import signal
+
+    from fedkube.client.runner import CommandRunner, InProcessRunner, TaskRunner, split_command
+    from fedkube.client.runtime import ClientConfig, ClientRuntime
+    from fedkube.rpc import CLIENT_TOKEN_ENV, client_tls, read_token
+
+    try:
+        job_name = job
+        cwd: Path | None = None
+        env: dict[str, str] = {}
+        train_argv = split_command(train_cmd)
+        validate_argv = split_command(validate_cmd)
+        jpath = Path(job)
+        if jpath.suffix in (".yaml", ".yml", ".json") or jpath.exists():
+            spec_job = _load(jpath)
+            job_name = spec_job.name
+            t = spec_job.spec.train
+            cwd = (job_dir or jpath.parent).resolve()
+            sys.path.insert(0, str(cwd))
+            env = dict(t.env)
+            if not (train_fn or train_cmd or validate_fn or validate_cmd):
+                prefer_fn = spec_job.spec.clients.simulation.in_process
+                if t.fn and (prefer_fn or not t.command):
+                    train_fn, validate_fn = t.fn, t.validate_fn
+                else:
+                    train_argv, validate_argv = t.command, t.validate_command
+        if (train_fn or validate_fn) and (train_argv or validate_argv):
+            raise ValueError("use either --train-fn/--validate-fn or --train-cmd/--validate-cmd")
+        runner: TaskRunner
+        wd = workdir.resolve()
+        if train_fn or validate_fn:
+            runner = InProcessRunner(train_fn, validate_fn)
+        elif train_argv or validate_argv:
+            runner = CommandRunner(train_argv, validate_argv, cwd=cwd, env=env, workdir=wd)
+        else:
+            raise ValueError(
+                "no train entrypoint: pass --train-fn or --train-cmd, or a job file with spec.train"
+            )
+        cfg = ClientConfig(
+            address=connect,
+            client_id=client_id,
+            job=job_name,
+            token=read_token(CLIENT_TOKEN_ENV, token_file),
+            workdir=wd,
+            tls=client_tls(tls_ca, tls_cert, tls_key),
+            heartbeat_seconds=heartbeat,
+            client_index=client_index,
+            num_clients=num_clients,
+        )
+    except (FedkubeError, ValueError) as exc:
+        raise _fail(exc) from None
+    rt = ClientRuntime(cfg, runner)
+    signal.signal(signal.SIGTERM, lambda *_: rt.stop())
+    try:
+        rt.run()
+    except FedkubeError as exc:
+        raise _fail(exc, 3) from None
+    except KeyboardInterrupt:
+        rt.stop()
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ is given; it imports no network or storage modules. torch is imported lazily.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -79,7 +80,9 @@ def _dtype_code(arr: np.ndarray) -> str:
     try:
         return _CODES[arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype]
     except KeyError:
-        raise ModelFileError(f"unsupported dtype {arr.dtype} (supported: {sorted(_DTYPES)})") from None
+        raise ModelFileError(
+            f"unsupported dtype {arr.dtype} (supported: {sorted(_DTYPES)})"
+        ) from None
 
 
 def save_model(
@@ -97,7 +100,9 @@ def save_model(
     offset = 0
     arrays: list[np.ndarray] = []
     for name, value in tensors.items():
-        arr = np.ascontiguousarray(value)
+        arr = np.asarray(value)  # keeps 0-d tensors 0-d (ascontiguousarray would not)
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         code = _dtype_code(arr)
@@ -117,7 +122,7 @@ def save_model(
             f.write(chunk)
             h.update(chunk)
         for arr in arrays:
-            mv = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+            mv = arr.reshape(-1).view(np.uint8).data if arr.size else memoryview(b"")
             f.write(mv)
             h.update(mv)
         f.flush()
@@ -166,7 +171,9 @@ def read_header(path: str | Path, *, max_bytes: int | None = None) -> ModelHeade
         if dtype not in _DTYPES:
             raise ModelFileError(f"tensor {name!r}: unsupported dtype {dtype}")
         if any(d < 0 for d in shape) or end - start != math.prod(shape) * _DTYPES[dtype].itemsize:
-            raise ModelFileError(f"model file is corrupt: tensor {name!r} size does not match shape")
+            raise ModelFileError(
+                f"model file is corrupt: tensor {name!r} size does not match shape"
+            )
         infos.append(TensorInfo(name, dtype, shape, start, end))
     infos.sort(key=lambda t: (t.start, t.end))
     pos = 0
@@ -205,11 +212,9 @@ class MappedModel:
 
     def close(self) -> None:
         if self._mmap is not None:
-            try:
+            # A view that escaped keeps the mapping alive until it is collected.
+            with contextlib.suppress(BufferError):
                 self._mmap.close()
-            except BufferError:
-                # A view escaped; the mapping is released when it is collected.
-                pass
             self._mmap = None
         self._file.close()
 
@@ -259,7 +264,9 @@ def check_compatible(expected: ModelHeader, got: ModelHeader) -> None:
     for name, e in exp.items():
         g = have[name]
         if g.shape != e.shape:
-            raise ModelFileError(f"tensor {name!r}: shape {list(g.shape)}, expected {list(e.shape)}")
+            raise ModelFileError(
+                f"tensor {name!r}: shape {list(g.shape)}, expected {list(e.shape)}"
+            )
         if g.dtype != e.dtype:
             raise ModelFileError(f"tensor {name!r}: dtype {g.dtype}, expected {e.dtype}")
 
@@ -301,7 +308,9 @@ def to_torch(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {name: torch.from_numpy(np.array(arr, copy=True)) for name, arr in tensors.items()}
 
 
-def save_torch(path: str | Path, module_or_state: Any, metadata: Mapping[str, str] | None = None) -> str:
+def save_torch(
+    path: str | Path, module_or_state: Any, metadata: Mapping[str, str] | None = None
+) -> str:
     sd = module_or_state.state_dict() if hasattr(module_or_state, "state_dict") else module_or_state
     return save_model(path, from_torch(sd), metadata)
 

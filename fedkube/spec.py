@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import (
@@ -29,8 +29,8 @@ from pydantic.alias_generators import to_camel
 
 from fedkube.errors import SpecError
 
-API_VERSION = "fedkube.dev/v1alpha1"
-KIND = "FederatedJob"
+API_VERSION: Final = "fedkube.dev/v1alpha1"
+KIND: Final = "FederatedJob"
 # Child objects are named "<job>-combiner-<n>", "<job>-reducer", ...; a
 # Kubernetes Service name is a DNS-1035 label of at most 63 characters.
 MAX_NAME_LENGTH = 40
@@ -321,7 +321,7 @@ class FederatedJob(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude={"status"})
 
 
-def _loc(err: dict[str, Any]) -> str:
+def _loc(err: Any) -> str:
     parts: list[str] = []
     for p in err.get("loc", ()):
         if isinstance(p, int):
@@ -348,7 +348,9 @@ def parse_job(data: Any, *, source: str = "job") -> FederatedJob:
     for example ``spec.clients.minUpdates``.
     """
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: a FederatedJob manifest must be a mapping, got {type(data).__name__}")
+        raise SpecError(
+            f"{source}: a FederatedJob manifest must be a mapping, got {type(data).__name__}"
+        )
     try:
         return FederatedJob.model_validate(data)
     except ValidationError as exc:

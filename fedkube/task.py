@@ -86,3 +86,27 @@ class ValidateFn(Protocol):
 
 class InitFn(Protocol):
     def __call__(self) -> Tensors: ...
+
+
+def load_callable(ref: str) -> Any:
+    """Import ``package.module:function`` (the form used by --train-fn and spec.train.fn)."""
+    import importlib
+
+    from fedkube.errors import TaskError
+
+    mod_name, sep, attr = ref.partition(":")
+    if not sep or not mod_name or not attr:
+        raise TaskError(f"{ref!r} is not of the form package.module:function")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise TaskError(f"cannot import {mod_name!r} for {ref!r}: {exc}") from exc
+    obj: Any = mod
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TaskError(f"module {mod_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise TaskError(f"{ref!r} is not callable")
+    return obj

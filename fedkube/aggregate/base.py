@@ -45,5 +45,7 @@ class ServerOptimizer(abc.ABC):
     """
 
     @abc.abstractmethod
-    def step(self, current: Tensors, aggregated: Tensors, state: Tensors) -> tuple[Tensors, Tensors]:
+    def step(
+        self, current: Tensors, aggregated: Tensors, state: Tensors
+    ) -> tuple[Tensors, Tensors]:
         """Return (next global model, next state). Inputs are not modified."""

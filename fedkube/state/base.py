@@ -213,7 +213,9 @@ class StateStore(abc.ABC):
         """Append an event (seq and `at` are assigned when 0)."""
 
     @abc.abstractmethod
-    def list_events(self, job: str, *, since_seq: int = 0, limit: int | None = None) -> list[EventRecord]:
+    def list_events(
+        self, job: str, *, since_seq: int = 0, limit: int | None = None
+    ) -> list[EventRecord]:
         """Events with seq > since_seq, oldest first."""
 
     # ---- clients

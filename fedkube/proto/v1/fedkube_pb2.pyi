@@ -101,7 +101,7 @@ class Update(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., client_id: _Optional[str] = ..., job: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Validation(_message.Message):
-    __slots__ = ("task_id", "client_id", "job", "round", "num_examples", "metrics", "error")
+    __slots__ = ("task_id", "client_id", "job", "round", "num_examples", "metrics", "error", "attempt")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class Validation(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     client_id: str
     job: str
@@ -123,7 +124,8 @@ class Validation(_message.Message):
     num_examples: int
     metrics: _containers.ScalarMap[str, float]
     error: str
-    def __init__(self, task_id: _Optional[str] = ..., client_id: _Optional[str] = ..., job: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ...) -> None: ...
+    attempt: int
+    def __init__(self, task_id: _Optional[str] = ..., client_id: _Optional[str] = ..., job: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("client_id", "job", "task_id")
@@ -146,7 +148,7 @@ class Ack(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("job", "round", "attempt", "kind", "model_key", "quota", "deadline_unix_ms", "config_json", "seed", "aggregator_json", "max_bytes")
+    __slots__ = ("job", "round", "attempt", "kind", "model_key", "quota", "deadline_unix_ms", "config_json", "seed", "max_bytes")
     JOB_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -156,7 +158,6 @@ class RoundPlan(_message.Message):
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
-    AGGREGATOR_JSON_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     job: str
     round: int
@@ -167,9 +168,8 @@ class RoundPlan(_message.Message):
     deadline_unix_ms: int
     config_json: str
     seed: int
-    aggregator_json: str
     max_bytes: int
-    def __init__(self, job: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., model_key: _Optional[str] = ..., quota: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., aggregator_json: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, job: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., model_key: _Optional[str] = ..., quota: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("selected", "received", "rejected", "failed")

@@ -1,0 +1,642 @@
+"""The combiner: serves its clients (Combiner) and the reducer (CombinerControl).
+
+asyncio + grpc.aio, so thousands of idle client streams cost little. CPU work
+(checking and aggregating update files) runs in one worker thread, which also
+serialises access to the running sum. State-store writes run in another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from fedkube.aggregate import make_aggregator
+from fedkube.aggregate.base import Aggregator
+from fedkube.combiner.verify import check_report, open_update
+from fedkube.errors import UpdateRejected
+from fedkube.logs import get_logger
+from fedkube.model import ModelHeader, read_header, save_model
+from fedkube.proto.v1 import fedkube_pb2 as pb
+from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
+from fedkube.rpc import token_ok
+from fedkube.selection import derive_seed, select_clients, weighted_metrics
+from fedkube.spec import FederatedJob
+from fedkube.state import ClientRecord, EventRecord, StateStore, UpdateRecord
+from fedkube.store import ObjectStore, partial_key, update_key
+
+T = TypeVar("T")
+
+HEARTBEAT_METADATA = "fedkube-heartbeat-seconds"
+PENDING, ACCEPTED, REJECTED, FAILED = "pending", "accepted", "rejected", "failed"
+
+
+@dataclass
+class ConnectedClient:
+    client_id: str
+    queue: asyncio.Queue[pb.Task | None]
+    session: str
+    index: int = -1
+    num: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    busy: str | None = None  # task id
+
+
+@dataclass
+class Assignment:
+    task_id: str
+    client_id: str
+    status: str = PENDING
+    reason: str = ""
+    num_examples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class RoundRun:
+    """One round attempt (train or validate) on this combiner."""
+
+    def __init__(self, plan: pb.RoundPlan, deadline: float) -> None:
+        self.plan = plan
+        self.deadline = deadline  # time.monotonic() based
+        self.assignments: dict[str, Assignment] = {}
+        self.by_client: dict[str, str] = {}
+        self.changed = asyncio.Event()
+        self.cancelled = False
+        self.aggregator: Aggregator | None = None
+        self.template: ModelHeader | None = None
+        self.workdir: Path | None = None
+        self.started = time.monotonic()
+        self.agg_seconds = 0.0
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.plan.round, self.plan.attempt, self.plan.kind)
+
+    def count(self, status: str) -> int:
+        return sum(1 for a in self.assignments.values() if a.status == status)
+
+    @property
+    def finished(self) -> bool:
+        return all(a.status in (ACCEPTED, REJECTED, FAILED) for a in self.assignments.values())
+
+    def progress(self) -> pb.Progress:
+        return pb.Progress(
+            selected=len(self.assignments),
+            received=self.count(ACCEPTED),
+            rejected=self.count(REJECTED),
+            failed=self.count(FAILED),
+        )
+
+    def settle(self, a: Assignment, status: str, reason: str = "") -> None:
+        a.status, a.reason = status, reason
+        self.changed.set()
+
+
+class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer):
+    def __init__(
+        self,
+        *,
+        name: str,
+        job: FederatedJob,
+        store: ObjectStore,
+        state: StateStore,
+        client_token: str,
+        reducer_token: str,
+        workdir: Path,
+    ) -> None:
+        self.name = name
+        self.job = job
+        self.store = store
+        self.state = state
+        self.client_token = client_token
+        self.reducer_token = reducer_token
+        self.workdir = workdir
+        self.clients: dict[str, ConnectedClient] = {}
+        self.run: RoundRun | None = None
+        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="aggregate")
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="state")
+        self.log = get_logger("combiner", job=job.name, combiner=name)
+        self.heartbeat_seconds = job.spec.clients.heartbeat_seconds
+
+    # ------------------------------------------------------------ helpers
+
+    async def _cpu_call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
+
+    async def _io_call(self, fn: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        except Exception as exc:  # state writes are best effort for the combiner
+            self.log.warning("state store write failed", error=str(exc))
+            return None
+
+    def _event(self, kind: str, message: str, level: str = "info", **kw: Any) -> None:
+        ev = EventRecord(
+            job=self.job.name, kind=kind, message=message, level=level, combiner=self.name, **kw
+        )
+        asyncio.get_running_loop().run_in_executor(self._io, self._add_event_safe, ev)
+
+    def _add_event_safe(self, ev: EventRecord) -> None:
+        try:
+            self.state.add_event(ev)
+        except Exception as exc:
+            self.log.warning("state store write failed", error=str(exc))
+
+    async def _auth(self, context: grpc.aio.ServicerContext, token: str, who: str) -> None:
+        ok, why = token_ok(context.invocation_metadata(), token)
+        if not ok:
+            self.log.warning("rejected call", who=who, reason=why, peer=context.peer())
+            self._event(
+                "AuthFailed", f"{who} call from {context.peer()} rejected: {why}", "warning"
+            )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{who} token: {why}")
+
+    def shutdown(self) -> None:
+        for c in self.clients.values():
+            c.queue.put_nowait(None)
+        self._cpu.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=True)
+
+    # ------------------------------------------------------------ client-facing
+
+    async def Connect(
+        self, request: pb.Hello, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Task]:
+        await self._auth(context, self.client_token, "client")
+        cid = request.client_id.strip()
+        if not cid:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Hello.client_id is empty")
+        if request.job and request.job != self.job.name:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this combiner serves job {self.job.name!r}, not {request.job!r}",
+            )
+        old = self.clients.get(cid)
+        if old is not None:
+            # The same client reconnected (restart, network blip): the newer stream wins.
+            self._drop(old, "reconnected")
+            old.queue.put_nowait(None)
+        me = ConnectedClient(
+            cid, asyncio.Queue(), uuid.uuid4().hex, request.client_index, request.num_clients
+        )
+        self.clients[cid] = me
+        # Tell the client how often to heartbeat (we forget it after 3 missed beats).
+        await context.send_initial_metadata(((HEARTBEAT_METADATA, str(self.heartbeat_seconds)),))
+        self.log.info("client connected", client=cid, connected=len(self.clients))
+        await self._io_call(
+            self.state.upsert_client,
+            ClientRecord(self.job.name, cid, self.name, "connected", time.time()),
+        )
+        try:
+            while True:
+                task = await me.queue.get()
+                if task is None:
+                    return
+                yield task
+        finally:
+            if self.clients.get(cid) is me:
+                del self.clients[cid]
+                self._drop(me, "disconnected")
+                self.log.info("client disconnected", client=cid, connected=len(self.clients))
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().run_in_executor(
+                        self._io,
+                        self.state.upsert_client,
+                        ClientRecord(self.job.name, cid, self.name, "disconnected", time.time()),
+                    )
+
+    def _drop(self, client: ConnectedClient, why: str) -> None:
+        """A client went away: its pending task in the current round fails now."""
+        run = self.run
+        if run is None or client.busy is None:
+            return
+        a = run.assignments.get(client.busy)
+        if a is not None and a.status == PENDING:
+            run.settle(a, FAILED, f"client {why}")
+            self._event(
+                "ClientLost",
+                f"client {client.client_id} {why} during round {run.plan.round}",
+                "warning",
+                round=run.plan.round,
+                attempt=run.plan.attempt,
+                client=client.client_id,
+            )
+        client.busy = None
+
+    async def Heartbeat(self, request: pb.Ping, context: grpc.aio.ServicerContext) -> pb.Ack:
+        await self._auth(context, self.client_token, "client")
+        c = self.clients.get(request.client_id)
+        if c is None:
+            return pb.Ack(accepted=False, reason="not_connected", message="connect first")
+        c.last_seen = time.monotonic()
+        return pb.Ack(accepted=True)
+
+    def _expected(
+        self, task_id: str, client_id: str, round_: int, attempt: int, kind: int
+    ) -> tuple[RoundRun, Assignment]:
+        run = self.run
+        if run is None or run.cancelled:
+            raise UpdateRejected(
+                "past_round" if run is None or round_ <= run.plan.round else "unknown_task",
+                "no round is running on this combiner",
+            )
+        a = run.assignments.get(task_id)
+        if a is None:
+            if (round_, attempt) < (run.plan.round, run.plan.attempt):
+                raise UpdateRejected(
+                    "past_round",
+                    f"report for round {round_} attempt {attempt}; round "
+                    f"{run.plan.round} attempt {run.plan.attempt} is running",
+                )
+            raise UpdateRejected("unknown_task", f"task {task_id!r} is not a task of this round")
+        if run.plan.kind != kind:
+            raise UpdateRejected("unknown_task", f"task {task_id!r} is not a task of this kind")
+        if a.client_id != client_id:
+            raise UpdateRejected(
+                "unknown_task", f"task {task_id!r} was given to another client, not {client_id!r}"
+            )
+        if (round_, attempt) != (run.plan.round, run.plan.attempt):
+            raise UpdateRejected("unknown_task", "round/attempt do not match the task")
+        if a.status != PENDING:
+            raise UpdateRejected("duplicate", f"task {task_id!r} was already reported ({a.status})")
+        return run, a
+
+    async def ReportUpdate(self, request: pb.Update, context: grpc.aio.ServicerContext) -> pb.Ack:
+        await self._auth(context, self.client_token, "client")
+        log = self.log.bind(round=request.round, attempt=request.attempt, client=request.client_id)
+        try:
+            run, a = self._expected(
+                request.task_id,
+                request.client_id,
+                request.round,
+                request.attempt,
+                pb.TASK_KIND_TRAIN,
+            )
+        except UpdateRejected as rej:
+            log.warning("update ignored", reason=rej.reason, detail=str(rej))
+            self._event(
+                "UpdateIgnored",
+                f"update from {request.client_id} for round {request.round} ignored: {rej}",
+                "warning",
+                round=request.round,
+                attempt=request.attempt,
+                client=request.client_id,
+            )
+            return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
+        self._release(a.client_id, a.task_id)
+        if request.error:
+            run.settle(a, FAILED, "client_error")
+            log.warning("client training failed", error=request.error[:2000])
+            self._event(
+                "TrainFailed",
+                f"client {request.client_id} failed round {request.round}: {request.error[:500]}",
+                "warning",
+                round=request.round,
+                attempt=request.attempt,
+                client=request.client_id,
+            )
+            await self._record(run, a, "rejected", "client_error")
+            return pb.Ack(accepted=False, reason="client_error", message="failure recorded")
+        a.status = "checking"  # neither pending nor final: a duplicate report is refused
+        try:
+            check_report(request.num_examples, dict(request.metrics))
+            await self._cpu_call(self._aggregate, run, request)
+        except UpdateRejected as rej:
+            run.settle(a, REJECTED, rej.reason)
+            log.warning("update rejected", reason=rej.reason, detail=str(rej))
+            self._event(
+                "UpdateRejected",
+                f"update from client {request.client_id} for round "
+                f"{request.round} rejected ({rej.reason}): {rej}",
+                "warning",
+                round=request.round,
+                attempt=request.attempt,
+                client=request.client_id,
+            )
+            await self._record(run, a, "rejected", rej.reason)
+            return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
+        except Exception as exc:  # storage failure etc.: the client is not at fault
+            run.settle(a, FAILED, "combiner_error")
+            log.error("update could not be processed", error=str(exc), exc_info=True)
+            self._event(
+                "UpdateFailed",
+                f"update from {request.client_id} could not be processed: {exc}",
+                "error",
+                round=request.round,
+                client=request.client_id,
+            )
+            return pb.Ack(accepted=False, reason="combiner_error", message=str(exc))
+        if run.cancelled:
+            return pb.Ack(accepted=False, reason="past_round", message="the round was cancelled")
+        a.num_examples = request.num_examples
+        a.metrics = dict(request.metrics)
+        run.settle(a, ACCEPTED)
+        log.info(
+            "update accepted",
+            num_examples=request.num_examples,
+            received=run.count(ACCEPTED),
+            selected=len(run.assignments),
+        )
+        await self._record(run, a, "accepted", "", request.sha256)
+        return pb.Ack(accepted=True)
+
+    async def _record(
+        self, run: RoundRun, a: Assignment, status: str, reason: str, sha: str = ""
+    ) -> None:
+        await self._io_call(
+            self.state.record_update,
+            UpdateRecord(
+                job=self.job.name,
+                round=run.plan.round,
+                attempt=run.plan.attempt,
+                client=a.client_id,
+                combiner=self.name,
+                status=status,
+                num_examples=a.num_examples,
+                reason=reason,
+                sha256=sha,
+                at=time.time(),
+            ),
+        )
+
+    def _release(self, client_id: str, task_id: str) -> None:
+        c = self.clients.get(client_id)
+        if c is not None and c.busy == task_id:
+            c.busy = None
+
+    def _aggregate(self, run: RoundRun, req: pb.Update) -> None:
+        """Fetch, check and fold one update into the running sum (worker thread)."""
+        if run.cancelled or run.aggregator is None or run.template is None:
+            raise UpdateRejected("past_round", "the round was cancelled")
+        key = update_key(self.job.name, run.plan.round, run.plan.attempt, req.client_id)
+        t0 = time.perf_counter()
+        local = self.store.local_path(key)
+        tmp: Path | None = None
+        try:
+            if local is None:
+                assert run.workdir is not None
+                if not self.store.exists(key):
+                    raise UpdateRejected("missing", "the update file was not uploaded")
+                size = self.store.size(key)
+                if size > run.plan.max_bytes:
+                    raise UpdateRejected(
+                        "too_large",
+                        f"update is {size} bytes, over the limit of {run.plan.max_bytes} bytes",
+                    )
+                tmp = run.workdir / f"{req.client_id}.safetensors"
+                self.store.get_file(key, tmp)
+                path = tmp
+            else:
+                path = local
+            model = open_update(
+                path, run.template, max_bytes=run.plan.max_bytes, sha256=req.sha256 or None
+            )
+            try:
+                run.aggregator.add(model, float(req.num_examples))
+            finally:
+                model.close()
+            self.store.delete(key)  # accepted updates are folded in and dropped
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            run.agg_seconds += time.perf_counter() - t0
+
+    async def ReportValidation(
+        self, request: pb.Validation, context: grpc.aio.ServicerContext
+    ) -> pb.Ack:
+        await self._auth(context, self.client_token, "client")
+        try:
+            run, a = self._expected(
+                request.task_id,
+                request.client_id,
+                request.round,
+                request.attempt,
+                pb.TASK_KIND_VALIDATE,
+            )
+        except UpdateRejected as rej:
+            return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
+        self._release(a.client_id, a.task_id)
+        if request.error:
+            run.settle(a, FAILED, "client_error")
+            self._event(
+                "ValidationFailed",
+                f"client {request.client_id} failed validation of "
+                f"round {request.round}: {request.error[:500]}",
+                "warning",
+                round=request.round,
+                client=request.client_id,
+            )
+            return pb.Ack(accepted=False, reason="client_error")
+        try:
+            check_report(request.num_examples, dict(request.metrics))
+        except UpdateRejected as rej:
+            run.settle(a, REJECTED, rej.reason)
+            return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
+        a.num_examples = request.num_examples
+        a.metrics = dict(request.metrics)
+        run.settle(a, ACCEPTED)
+        return pb.Ack(accepted=True)
+
+    # ------------------------------------------------------------ reducer-facing
+
+    async def Status(
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CombinerStatus:
+        await self._auth(context, self.reducer_token, "reducer")
+        self._reap()
+        run = self.run
+        return pb.CombinerStatus(
+            name=self.name,
+            job=self.job.name,
+            connected=len(self.clients),
+            busy=sum(1 for c in self.clients.values() if c.busy),
+            round=run.plan.round if run else 0,
+            attempt=run.plan.attempt if run else 0,
+        )
+
+    def _reap(self) -> None:
+        """Forget clients whose heartbeats stopped (their stream is dead)."""
+        limit = time.monotonic() - 3 * self.heartbeat_seconds
+        for c in list(self.clients.values()):
+            if c.last_seen < limit:
+                self.log.warning("client heartbeat lost", client=c.client_id)
+                del self.clients[c.client_id]
+                self._drop(c, "stopped heartbeating")
+                c.queue.put_nowait(None)
+
+    async def RunRound(
+        self, plan: pb.RoundPlan, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RoundEvent]:
+        await self._auth(context, self.reducer_token, "reducer")
+        if plan.job != self.job.name:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this combiner serves job {self.job.name!r}, not {plan.job!r}",
+            )
+        if self.run is not None and not self.run.cancelled:
+            self.log.warning(
+                "superseding the running round",
+                old_round=self.run.plan.round,
+                old_attempt=self.run.plan.attempt,
+                round=plan.round,
+                attempt=plan.attempt,
+            )
+            self._cancel(self.run)
+        remaining = max(0.0, plan.deadline_unix_ms / 1000 - time.time())
+        run = RoundRun(plan, time.monotonic() + remaining)
+        self.run = run
+        log = self.log.bind(round=plan.round, attempt=plan.attempt)
+        try:
+            if plan.kind == pb.TASK_KIND_TRAIN:
+                await self._cpu_call(self._prepare_train, run)
+            self._reap()
+            self._assign(run)
+            log.info(
+                "round started",
+                kind=pb.TaskKind.Name(plan.kind),
+                selected=len(run.assignments),
+                connected=len(self.clients),
+                quota=plan.quota,
+            )
+            yield pb.RoundEvent(progress=run.progress())
+            while not run.finished and not run.cancelled:
+                left = run.deadline - time.monotonic()
+                if left <= 0:
+                    break
+                run.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.changed.wait(), timeout=min(left, 1.0))
+                yield pb.RoundEvent(progress=run.progress())
+            for a in run.assignments.values():
+                if a.status in (PENDING, "checking"):
+                    run.settle(a, FAILED, "deadline")
+                    self._release(a.client_id, a.task_id)
+                    self._event(
+                        "TaskTimedOut",
+                        f"client {a.client_id} did not report round "
+                        f"{plan.round} before the deadline",
+                        "warning",
+                        round=plan.round,
+                        attempt=plan.attempt,
+                        client=a.client_id,
+                    )
+            partial = await self._finish(run)
+            log.info(
+                "round finished",
+                n_updates=partial.n_updates,
+                rejected=partial.rejected,
+                failed=partial.failed,
+            )
+            yield pb.RoundEvent(partial=partial)
+        finally:
+            if self.run is run:
+                self._cancel(run)
+                self.run = None
+
+    def _cancel(self, run: RoundRun) -> None:
+        run.cancelled = True
+        run.changed.set()
+        for a in run.assignments.values():
+            self._release(a.client_id, a.task_id)
+        agg, workdir = run.aggregator, run.workdir
+        run.aggregator = None
+
+        def cleanup() -> None:
+            if agg is not None:
+                agg.close()
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+        self._cpu.submit(cleanup)
+
+    def _prepare_train(self, run: RoundRun) -> None:
+        """Read the global model's header (the template every update must match)."""
+        run.workdir = Path(tempfile.mkdtemp(prefix=f"r{run.plan.round}-", dir=self.workdir))
+        local = self.store.local_path(run.plan.model_key)
+        if local is None:
+            local = run.workdir / "global.safetensors"
+            self.store.get_file(run.plan.model_key, local)
+        run.template = read_header(local)
+        run.aggregator = make_aggregator(
+            self.job.spec.aggregator, run.template, spill_dir=run.workdir / "spill"
+        )
+
+    def _assign(self, run: RoundRun) -> None:
+        plan = run.plan
+        idle = [c.client_id for c in self.clients.values() if c.busy is None]
+        seed = derive_seed(plan.seed, plan.round, plan.attempt, plan.kind, self.name)
+        chosen = select_clients(idle, plan.quota, seed)
+        deadline_ms = plan.deadline_unix_ms
+        for cid in chosen:
+            c = self.clients[cid]
+            task_id = uuid.uuid4().hex
+            task = pb.Task(
+                task_id=task_id,
+                kind=plan.kind,
+                job=plan.job,
+                round=plan.round,
+                attempt=plan.attempt,
+                config_json=plan.config_json,
+                deadline_unix_ms=deadline_ms,
+                max_bytes=plan.max_bytes,
+            )
+            task.model.CopyFrom(self._transfer(plan.model_key, put=False))
+            if plan.kind == pb.TASK_KIND_TRAIN:
+                key = update_key(plan.job, plan.round, plan.attempt, cid)
+                self.store.delete(key)  # a stale file from a crashed attempt must not count
+                task.upload.CopyFrom(self._transfer(key, put=True))
+            run.assignments[task_id] = Assignment(task_id, cid)
+            run.by_client[cid] = task_id
+            c.busy = task_id
+            c.queue.put_nowait(task)
+
+    def _transfer(self, key: str, *, put: bool) -> pb.Transfer:
+        ttl = 3600
+        ref = self.store.presign_put(key, ttl) if put else self.store.presign_get(key, ttl)
+        if self.store.local_path(key) is not None:
+            return pb.Transfer(path=ref)
+        return pb.Transfer(url=ref)
+
+    async def _finish(self, run: RoundRun) -> pb.Partial:
+        plan = run.plan
+        accepted = [a for a in run.assignments.values() if a.status == ACCEPTED]
+        metrics = weighted_metrics([(a.metrics, float(a.num_examples)) for a in accepted])
+        partial = pb.Partial(
+            n_updates=len(accepted),
+            participants=sorted(a.client_id for a in accepted),
+            selected=len(run.assignments),
+            rejected=run.count(REJECTED),
+            failed=run.count(FAILED),
+            num_examples=sum(a.num_examples for a in accepted),
+            metrics=metrics,
+        )
+        if plan.kind == pb.TASK_KIND_TRAIN and accepted:
+            key = partial_key(plan.job, plan.round, plan.attempt, self.name)
+            weight = await self._cpu_call(self._write_partial, run, key)
+            partial.key = key
+            partial.weight = weight
+        partial.timings["aggregate_s"] = run.agg_seconds
+        partial.timings["round_s"] = time.monotonic() - run.started
+        return partial
+
+    def _write_partial(self, run: RoundRun, key: str) -> float:
+        assert run.aggregator is not None and run.workdir is not None
+        tensors = run.aggregator.result()
+        weight = run.aggregator.total_weight
+        path = run.workdir / "partial.safetensors"
+        save_model(
+            path, tensors, {"weight": repr(weight), "n_updates": str(run.aggregator.n_updates)}
+        )
+        self.store.put_file(key, path)
+        path.unlink(missing_ok=True)
+        return weight

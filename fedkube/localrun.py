@@ -1,0 +1,413 @@
+"""`fedkube run`: a whole federation on one machine, as separate processes.
+
+The reducer, the combiners and the job's simulated clients run as the same
+`fedkube reducer|combiner|client` processes that Kubernetes would run, talking
+gRPC on loopback, with the embedded defaults (a local directory as the object
+store, SQLite as the state store) unless --store/--state say otherwise. This
+process only starts them, shows live progress from the state store and stops
+them at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from fedkube.errors import FedkubeError, SpecError
+from fedkube.report import job_status, render_status
+from fedkube.rpc import CLIENT_TOKEN_ENV, REDUCER_TOKEN_ENV
+from fedkube.settings import state_uri, store_uri
+from fedkube.spec import FederatedJob, load_job_file, parse_job
+from fedkube.state import FAILED, SUCCEEDED, StateStore, open_state_store
+
+
+@dataclass
+class LocalRunOptions:
+    job_file: Path
+    workdir: Path
+    rounds: int | None = None
+    clients: int | None = None
+    store: str | None = None
+    state: str | None = None
+    fresh: bool = False
+    log_level: str = "info"
+    progress: bool = True
+
+
+@dataclass
+class Proc:
+    role: str
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    _fh: IO[bytes] | None = field(default=None, repr=False)
+
+
+def effective_job(opts: LocalRunOptions) -> FederatedJob:
+    job = load_job_file(opts.job_file)
+    if opts.rounds is None and opts.clients is None:
+        return job
+    manifest = job.to_manifest()
+    if opts.rounds is not None:
+        manifest["spec"]["rounds"] = opts.rounds
+    if opts.clients is not None:
+        manifest["spec"]["clients"].setdefault("simulation", {})["clients"] = opts.clients
+    return parse_job(manifest, source=f"{opts.job_file} (with command-line overrides)")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class LocalFederation:
+    def __init__(self, opts: LocalRunOptions, console: Console) -> None:
+        self.opts = opts
+        self.console = console
+        self.job = effective_job(opts)
+        self.job_dir = opts.job_file.resolve().parent
+        self.workdir = opts.workdir.resolve()
+        self.procs: list[Proc] = []
+        self.combiners: dict[str, str] = {}
+        self.client_token = secrets.token_urlsafe(24)
+        self.reducer_token = secrets.token_urlsafe(24)
+        self.store_uri = store_uri(self.job, self.workdir, opts.store)
+        self.state_uri = state_uri(self.job, self.workdir, opts.state)
+
+    # ------------------------------------------------------------ processes
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(self.job_dir), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        env[CLIENT_TOKEN_ENV] = self.client_token
+        env[REDUCER_TOKEN_ENV] = self.reducer_token
+        return env
+
+    def _spawn(self, role: str, name: str, args: list[str]) -> Proc:
+        log = self.workdir / "logs" / f"{name}.log"
+        fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "fedkube", role, *args, "--log-level", self.opts.log_level]
+        popen = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=self._env(),
+            cwd=self.job_dir,
+            start_new_session=True,
+        )
+        proc = Proc(role, name, popen, log, fh)
+        self.procs.append(proc)
+        return proc
+
+    def _wait_port(self, proc: Proc, port_file: Path, timeout: float = 60.0) -> int:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if port_file.exists():
+                return int(port_file.read_text())
+            if proc.popen.poll() is not None:
+                raise FedkubeError(
+                    f"{proc.name} exited with {proc.popen.returncode}:\n{_tail(proc.log)}"
+                )
+            time.sleep(0.05)
+        raise FedkubeError(f"{proc.name} did not start listening within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        order = {"client": 0, "reducer": 1, "combiner": 2}
+        for p in sorted(self.procs, key=lambda p: order.get(p.role, 3)):
+            if p.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            try:
+                p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.popen.pid, signal.SIGKILL)
+                p.popen.wait()
+            if p._fh is not None:
+                p._fh.close()
+
+    # ------------------------------------------------------------ run
+
+    def prepare(self, state: StateStore) -> bool:
+        """Returns False when the job already succeeded (nothing to run)."""
+        name = self.job.name
+        existing = state.get_job(name)
+        if existing is not None and self.opts.fresh:
+            raise SpecError(
+                f"job {name!r} already exists in {state.uri}; --fresh could not remove it"
+            )
+        finished = (
+            existing is not None
+            and existing.phase == SUCCEEDED
+            and existing.completed_rounds >= self.job.spec.rounds
+        )
+        return not finished
+
+    def setup(self) -> tuple[Path, Path]:
+        """Create the workdir layout; return (effective job file, run dir)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.opts.fresh:
+            self._wipe()
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        run_dir = self.workdir / "run"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir()
+        job_yaml = run_dir / "job.yaml"
+        job_yaml.write_text(yaml.safe_dump(self.job.to_manifest(), sort_keys=False))
+        return job_yaml, run_dir
+
+    def run(self) -> int:
+        job_yaml, run_dir = self.setup()
+        state = open_state_store(self.state_uri)
+        try:
+            if not self.prepare(state):
+                self.console.print(
+                    f"[green]job {self.job.name!r} already succeeded[/] in "
+                    f"{self.workdir} (use --fresh to start over)"
+                )
+                self.console.print(render_status(job_status(state, self.job.name)))
+                return 0
+            return self._run(state, job_yaml, run_dir)
+        finally:
+            self.stop()
+            state.close()
+
+    def _wipe(self) -> None:
+        if (
+            self.opts.store
+            or self.opts.state
+            or self.job.spec.storage.s3
+            or self.job.spec.state_store.mongodb
+        ):
+            raise SpecError(
+                "--fresh only wipes the embedded defaults; with S3 or MongoDB use a "
+                "new job name or delete the job's data yourself"
+            )
+        for p in (
+            self.workdir / "store",
+            self.workdir / "reducer",
+            self.workdir / "combiners",
+            self.workdir / "clients",
+            self.workdir / "logs",
+        ):
+            shutil.rmtree(p, ignore_errors=True)
+        for suffix in ("", "-wal", "-shm"):
+            (self.workdir / f"state.db{suffix}").unlink(missing_ok=True)
+
+    def _run(self, state: StateStore, job_yaml: Path, run_dir: Path) -> int:
+        self.start_combiners(job_yaml, run_dir)
+        reducer = self.start_reducer(job_yaml)
+        self.start_clients(job_yaml)
+        self.console.print(
+            f"[bold]fedkube run[/] job [bold]{self.job.name}[/]: {self.job.spec.rounds} rounds, "
+            f"{len(self.combiners)} combiners, {self.job.spec.clients.simulation.clients} "
+            f"clients  (workdir {self.workdir}, logs in {self.workdir / 'logs'})"
+        )
+        return self._watch(state, reducer)
+
+    def _common(self, job_yaml: Path) -> list[str]:
+        return ["--job", str(job_yaml), "--store", self.store_uri, "--state", self.state_uri]
+
+    def _job_args(self, job_yaml: Path) -> list[str]:
+        return ["--job", str(job_yaml), "--job-dir", str(self.job_dir)]
+
+    def start_combiners(self, job_yaml: Path, run_dir: Path) -> dict[str, str]:
+        """Start every combiner; return name -> address once all listen."""
+        starting = []
+        for i in range(self.job.spec.combiners.replicas):
+            name = f"combiner-{i}"
+            pf = run_dir / f"{name}.port"
+            pf.unlink(missing_ok=True)
+            p = self._spawn(
+                "combiner",
+                name,
+                [
+                    *self._common(job_yaml),
+                    "--name",
+                    name,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--port-file",
+                    str(pf),
+                    "--workdir",
+                    str(self.workdir / "combiners" / name),
+                ],
+            )
+            starting.append((name, p, pf))
+        self.combiners = {name: f"127.0.0.1:{self._wait_port(p, pf)}" for name, p, pf in starting}
+        return self.combiners
+
+    def start_reducer(self, job_yaml: Path) -> Proc:
+        return self._spawn(
+            "reducer",
+            "reducer",
+            [
+                *self._common(job_yaml),
+                *(x for n, a in self.combiners.items() for x in ("--combiner", f"{n}={a}")),
+                "--workdir",
+                str(self.workdir / "reducer"),
+            ],
+        )
+
+    def start_client(
+        self, job_yaml: Path, i: int, n_clients: int, extra: list[str] | None = None
+    ) -> Proc:
+        """Start simulated client i of n_clients on combiner i mod replicas."""
+        names = list(self.combiners)
+        return self._spawn(
+            "client",
+            f"client-{i}",
+            [
+                "--connect",
+                self.combiners[names[i % len(names)]],
+                *self._job_args(job_yaml),
+                "--client-id",
+                f"client-{i}",
+                "--client-index",
+                str(i),
+                "--num-clients",
+                str(n_clients),
+                "--workdir",
+                str(self.workdir / "clients" / f"client-{i}"),
+                *(extra or []),
+            ],
+        )
+
+    def start_clients(self, job_yaml: Path, count: int | None = None) -> list[Proc]:
+        n_clients = self.job.spec.clients.simulation.clients if count is None else count
+        return [self.start_client(job_yaml, i, n_clients) for i in range(n_clients)]
+
+    def _watch(self, state: StateStore, reducer: Proc) -> int:
+        name = self.job.name
+        last_line = ""
+        live: Live | None = None
+        if self.opts.progress and self.console.is_terminal:
+            live = Live(console=self.console, refresh_per_second=4, transient=True)
+            live.start()
+        try:
+            while True:
+                rc = reducer.popen.poll()
+                view = self._progress(state, name)
+                if view is not None:
+                    if live is not None:
+                        live.update(view[1])
+                    elif view[0] != last_line and self.opts.progress:
+                        self.console.print(view[0], highlight=False)
+                        last_line = view[0]
+                dead = [
+                    p for p in self.procs if p.role == "combiner" and p.popen.poll() is not None
+                ]
+                if rc is not None or dead:
+                    break
+                time.sleep(0.25)
+        finally:
+            if live is not None:
+                live.stop()
+        rec = state.get_job(name)
+        if reducer.popen.poll() is None:
+            for p in dead:
+                self.console.print(
+                    f"[red]{p.name} exited with {p.popen.returncode}[/]:\n{_tail(p.log)}"
+                )
+            return 1
+        if rec is not None:
+            self.console.print(render_status(job_status(state, name)))
+        if rec is None or rec.phase != SUCCEEDED:
+            self.console.print(
+                f"[red]job {name!r} did not succeed[/] (phase "
+                f"{rec.phase if rec else 'unknown'}, reducer exit "
+                f"{reducer.popen.returncode}); reducer log tail:\n{_tail(reducer.log)}"
+            )
+            return 1
+        return 0
+
+    def _progress(self, state: StateStore, name: str) -> tuple[str, Any] | None:
+        try:
+            rec = state.get_job(name)
+            if rec is None:
+                return None
+            rounds = state.get_rounds(name)
+        except FedkubeError:
+            return None
+        total = self.job.spec.rounds
+        cur = rounds[-1] if rounds else None
+        per = ""
+        if cur is not None:
+            per = "  ".join(
+                f"{c}: {p.get('received', 0)}/{p.get('selected', 0)}"
+                + (
+                    f" (-{p['rejected'] + p['failed']})"
+                    if p.get("rejected", 0) + p.get("failed", 0)
+                    else ""
+                )
+                for c, p in sorted(cur.combiners.items())
+            )
+        metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(rec.metrics.items()))
+        state_txt = (
+            f"round {cur.round}/{total} attempt {cur.attempt} {cur.status}"
+            if cur
+            else "waiting for clients"
+        )
+        line = (
+            f"[{rec.phase}] {rec.completed_rounds}/{total} done | {state_txt} | {per} | {metrics}"
+        )
+        table = Table.grid(padding=(0, 2))
+        table.add_row(Text("Job", style="bold"), f"{name}  [{rec.phase}]")
+        bar_w = 30
+        filled = int(bar_w * rec.completed_rounds / max(total, 1))
+        table.add_row(
+            Text("Rounds", style="bold"),
+            f"{'█' * filled}{'░' * (bar_w - filled)} {rec.completed_rounds}/{total}",
+        )
+        table.add_row(Text("Now", style="bold"), state_txt)
+        if per:
+            table.add_row(Text("Updates", style="bold"), per)
+        if metrics:
+            table.add_row(Text("Metrics", style="bold"), metrics)
+        return line, table
+
+
+def run_local(opts: LocalRunOptions, console: Console | None = None) -> int:
+    console = console or Console(stderr=False)
+    fed = LocalFederation(opts, console)
+    old = signal.getsignal(signal.SIGTERM)
+
+    def _term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        return fed.run()
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted: stopping the federation (state is kept; run again to resume)[/]"
+        )
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def phase_exit_code(phase: str) -> int:
+    return 0 if phase == SUCCEEDED else (1 if phase == FAILED else 2)

@@ -1,0 +1,154 @@
+"""Job status as data (for `fedkube status -o json`) and as tables (for people)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from fedkube.errors import StateError
+from fedkube.state import ATTEMPT_COMPLETED, StateStore
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def job_status(state: StateStore, name: str, *, events: int = 20) -> dict[str, Any]:
+    job = state.get_job(name)
+    if job is None:
+        known = ", ".join(j.name for j in state.list_jobs()) or "none"
+        raise StateError(f"no job named {name!r} in {state.uri} (jobs: {known})")
+    rounds = state.get_rounds(name)
+    history = []
+    for r in rounds:
+        history.append(
+            {
+                "round": r.round,
+                "attempt": r.attempt,
+                "status": r.status,
+                "reason": r.reason or None,
+                "updates": r.n_updates,
+                "examples": r.num_examples,
+                "metrics": r.metrics,
+                "validation": r.validation,
+                "timings": {k: round(v, 4) for k, v in r.timings.items()},
+                "durationSeconds": round(r.completed_at - r.started_at, 3)
+                if r.completed_at
+                else None,
+                "participants": r.participants,
+                "combiners": r.combiners,
+                "startedAt": _iso(r.started_at),
+                "completedAt": _iso(r.completed_at),
+            }
+        )
+    spec = job.manifest.get("spec", {})
+    end = job.completed_at or time.time()
+    return {
+        "name": job.name,
+        "phase": job.phase,
+        "message": job.message,
+        "rounds": spec.get("rounds"),
+        "currentRound": job.current_round,
+        "completedRounds": job.completed_rounds,
+        "latestModel": job.latest_model,
+        "metrics": job.metrics,
+        "startTime": _iso(job.started_at),
+        "completionTime": _iso(job.completed_at),
+        "durationSeconds": round(end - job.started_at, 3) if job.started_at else None,
+        "roundHistory": [h for h in history if h["status"] == ATTEMPT_COMPLETED],
+        "failedAttempts": [h for h in history if h["status"] != ATTEMPT_COMPLETED],
+        "clients": [
+            {
+                "client": c.client,
+                "combiner": c.combiner,
+                "status": c.status,
+                "lastSeen": _iso(c.last_seen),
+            }
+            for c in state.list_clients(name)
+        ],
+        "events": [
+            {
+                k: v
+                for k, v in {
+                    "time": _iso(e.at),
+                    "level": e.level,
+                    "kind": e.kind,
+                    "message": e.message,
+                    "round": e.round,
+                    "combiner": e.combiner,
+                    "client": e.client,
+                }.items()
+                if v is not None
+            }
+            for e in state.list_events(name)[-events:]
+        ],
+        "stateStore": state.uri,
+    }
+
+
+def _fmt(metrics: dict[str, float], keys: list[str] | None = None) -> str:
+    items = [(k, metrics[k]) for k in (keys or sorted(metrics)) if k in metrics]
+    return "  ".join(f"{k}={v:.4f}" for k, v in items)
+
+
+def render_status(st: dict[str, Any]) -> Group:
+    head = Table.grid(padding=(0, 2))
+    head.add_row("Job", Text(st["name"], style="bold"))
+    phase_style = {"Succeeded": "green", "Failed": "red", "Running": "cyan"}.get(st["phase"], "")
+    head.add_row("Phase", Text(st["phase"], style=phase_style))
+    head.add_row("Rounds", f"{st['completedRounds']} / {st['rounds']}")
+    if st["metrics"]:
+        head.add_row("Metrics", _fmt(st["metrics"]))
+    if st["durationSeconds"] is not None:
+        head.add_row("Duration", f"{st['durationSeconds']:.1f}s")
+    if st["latestModel"]:
+        head.add_row("Model", st["latestModel"])
+    if st["message"]:
+        head.add_row("Message", st["message"])
+    rounds = Table(title="Rounds", show_edge=False)
+    for col in (
+        "round",
+        "attempt",
+        "updates",
+        "train metrics",
+        "validation",
+        "seconds",
+        "participants",
+    ):
+        rounds.add_column(
+            col, justify="right" if col in ("round", "attempt", "updates", "seconds") else "left"
+        )
+    for h in st["roundHistory"]:
+        rounds.add_row(
+            str(h["round"]),
+            str(h["attempt"]),
+            str(h["updates"]),
+            _fmt(h["metrics"]),
+            _fmt(h["validation"]),
+            f"{h['timings'].get('total_s', 0):.2f}",
+            str(len(h["participants"])),
+        )
+    parts: list[Any] = [head, rounds]
+    if st["failedAttempts"]:
+        fails = Table(title="Failed attempts", show_edge=False)
+        for col in ("round", "attempt", "reason"):
+            fails.add_column(col)
+        for h in st["failedAttempts"]:
+            fails.add_row(str(h["round"]), str(h["attempt"]), h["reason"] or h["status"])
+        parts.append(fails)
+    warn = [e for e in st["events"] if e["level"] != "info"]
+    if warn:
+        ev = Table(title="Recent warnings", show_edge=False)
+        ev.add_column("time")
+        ev.add_column("kind")
+        ev.add_column("message")
+        for e in warn[-10:]:
+            ev.add_row(e["time"], e["kind"], e["message"])
+        parts.append(ev)
+    return Group(*parts)

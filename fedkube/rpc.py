@@ -1,0 +1,156 @@
+"""gRPC plumbing shared by every role: bearer-token auth, TLS, channels.
+
+I/O module (grpc). Servers check `authorization: Bearer <token>` on every RPC;
+client tokens and the reducer token are separate secrets. TLS is optional on
+every endpoint: a server with a cert/key serves TLS, and with a client CA it
+also requires client certificates (mTLS).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fedkube.errors import AuthError
+
+CLIENT_TOKEN_ENV = "FEDKUBE_CLIENT_TOKEN"
+REDUCER_TOKEN_ENV = "FEDKUBE_REDUCER_TOKEN"
+
+# Control messages are small; keep the ceiling low so a bug cannot push model
+# bytes through gRPC by accident.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def read_token(env: str, token_file: str | None = None) -> str:
+    """A token from a file (preferred) or an environment variable; AuthError if neither."""
+    if token_file:
+        try:
+            tok = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise AuthError(f"cannot read token file {token_file}: {exc.strerror}") from None
+        if not tok:
+            raise AuthError(f"token file {token_file} is empty")
+        return tok
+    tok = os.environ.get(env, "").strip()
+    if not tok:
+        raise AuthError(f"no token: set {env} or pass --token-file")
+    return tok
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def token_ok(metadata: Any, expected: str) -> tuple[bool, str]:
+    """Check the bearer token in call metadata; returns (ok, why-not)."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, tok = text.partition(" ")
+            if scheme.lower() != "bearer" or not tok:
+                return False, "malformed authorization header (want 'Bearer <token>')"
+            if hmac.compare_digest(tok.strip().encode(), expected.encode()):
+                return True, ""
+            return False, "wrong token"
+    return False, "missing token (authorization metadata)"
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        ca = Path(self.client_ca).read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(Path(self.key).read_bytes(), Path(self.cert).read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=Path(self.ca).read_bytes() if self.ca else None,
+            private_key=Path(self.key).read_bytes() if self.key else None,
+            certificate_chain=Path(self.cert).read_bytes() if self.cert else None,
+        )
+
+
+def server_tls(cert: str | None, key: str | None, client_ca: str | None) -> ServerTLS | None:
+    if not cert and not key:
+        if client_ca:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (cert and key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    return ServerTLS(cert, key, client_ca)
+
+
+def client_tls(
+    ca: str | None, cert: str | None = None, key: str | None = None, server_name: str | None = None
+) -> ClientTLS | None:
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("a client certificate needs both --tls-cert and --tls-key")
+    return ClientTLS(ca, cert, key, server_name)
+
+
+def open_channel(address: str, tls: ClientTLS | None = None) -> grpc.Channel:
+    options = list(CHANNEL_OPTIONS)
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.secure_channel(address, tls.credentials(), options=options)
+
+
+def open_aio_channel(address: str, tls: ClientTLS | None = None) -> grpc.aio.Channel:
+    options = list(CHANNEL_OPTIONS)
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.aio.secure_channel(address, tls.credentials(), options=options)
+
+
+def bind(server: grpc.aio.Server, address: str, tls: ServerTLS | None) -> int:
+    """Listen on `address` (host:port, port 0 picks one); return the port."""
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, tls.credentials())
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return port

@@ -1,0 +1,622 @@
+"""MongoStateStore: the StateStore contract on MongoDB (or FerretDB) via pymongo.
+
+Collections: jobs, rounds, updates, events, clients, models, commits, meta.
+Unique indexes make every write idempotent (keys derive from job / round /
+attempt / client). No multi-document transactions are used, so the store
+also works on a standalone server:
+
+- commit_round inserts one document ``{job, round, attempt, payload}`` into
+  ``commits`` (unique on job+round). That single insert is the commit point:
+  exactly one attempt per round can win it; a DuplicateKeyError means the
+  round was committed before. The round document is updated afterwards, and
+  readers overlay the commit payload, so a crash between the two writes loses
+  nothing.
+- event sequence numbers (per job) come from a counter document in ``meta``
+  incremented with find_one_and_update ``$inc``.
+
+Free-form dicts (manifest, metrics, timings, validation, combiners) are stored
+as JSON strings: their keys may contain '.' or start with '$' (Kubernetes
+annotations, metric names), which MongoDB field names do not allow everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from fedkube.errors import StateError
+from fedkube.state.base import (
+    ATTEMPT_COMPLETED,
+    ATTEMPT_FAILED,
+    ATTEMPT_RUNNING,
+    PENDING,
+    PHASES,
+    ClientRecord,
+    EventRecord,
+    JobRecord,
+    ModelRecord,
+    RoundRecord,
+    StateStore,
+    UpdateRecord,
+    now,
+)
+
+SCHEMA_VERSION = 1
+DEFAULT_DATABASE = "fedkube"
+#: server selection timeout unless the URI sets serverSelectionTimeoutMS
+DEFAULT_SERVER_SELECTION_MS = 10_000
+
+_SENSITIVE_OPTION = re.compile(r"password|secret|token|authmechanismproperties", re.IGNORECASE)
+
+_JOB_FIELDS = (
+    "name",
+    "manifest",
+    "phase",
+    "message",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "completed_at",
+    "current_round",
+    "completed_rounds",
+    "latest_model",
+    "metrics",
+)
+_JOB_JSON = frozenset({"manifest", "metrics"})
+_ROUND_JSON = frozenset({"metrics", "validation", "timings", "combiners"})
+_ROUND_DEFAULTS: dict[str, Any] = {
+    "status": ATTEMPT_RUNNING,
+    "started_at": 0.0,
+    "completed_at": None,
+    "reason": "",
+    "model_key": None,
+    "n_updates": 0,
+    "num_examples": 0,
+    "metrics": "{}",
+    "validation": "{}",
+    "validation_examples": 0,
+    "timings": "{}",
+    "participants": [],
+    "combiners": "{}",
+}
+_CAS_RETRIES = 20
+
+Doc = dict[str, Any]
+
+
+def redact_mongo_uri(uri: str) -> str:
+    """`uri` without user:password@ and without secret-bearing options."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "mongodb://<unparsable URI>"
+    netloc = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    query = urlencode(
+        [
+            (k, v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            if not _SENSITIVE_OPTION.search(k)
+        ]
+    )
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def _scrub(message: str, uri: str) -> str:
+    """`message` with the URI's userinfo (and its password alone) replaced by ***."""
+    try:
+        netloc = urlsplit(uri).netloc
+    except ValueError:
+        return message
+    if "@" not in netloc:
+        return message
+    userinfo = netloc.rsplit("@", 1)[0]
+    secrets = [userinfo, userinfo.split(":", 1)[-1], unquote(userinfo.split(":", 1)[-1])]
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _strip_id(doc: Doc) -> Doc:
+    return {k: v for k, v in doc.items() if k != "_id"}
+
+
+def _job(doc: Doc) -> JobRecord:
+    d: Doc = {k: doc[k] for k in _JOB_FIELDS if k in doc}
+    for k in _JOB_JSON:
+        d[k] = json.loads(d.get(k) or "{}")
+    return JobRecord(**d)
+
+
+def _round(doc: Doc) -> RoundRecord:
+    d: Doc = {**_ROUND_DEFAULTS, **_strip_id(doc)}
+    for k in _ROUND_JSON:
+        d[k] = json.loads(d[k] or "{}")
+    d["participants"] = list(d["participants"] or [])
+    keys = ("job", "round", "attempt", *_ROUND_DEFAULTS)
+    return RoundRecord(**{k: d[k] for k in keys})
+
+
+class MongoStateStore(StateStore):
+    """The StateStore contract on a MongoDB-compatible server.
+
+    The connection is lazy: nothing touches the network until the first call
+    (which also creates the indexes and checks the schema version).
+    """
+
+    def __init__(self, uri: str, database: str = DEFAULT_DATABASE) -> None:
+        self.uri = redact_mongo_uri(uri)
+        self.database = database or DEFAULT_DATABASE
+        kwargs: dict[str, Any] = {"connect": False}
+        if "serverselectiontimeoutms" not in uri.lower():
+            kwargs["serverSelectionTimeoutMS"] = DEFAULT_SERVER_SELECTION_MS
+        try:
+            self._client: MongoClient[Doc] = MongoClient(uri, **kwargs)
+        except (PyMongoError, ValueError, TypeError) as exc:
+            raise StateError(f"bad mongodb URI {self.uri}: {_scrub(str(exc), uri)}") from exc
+        db = self._client[self.database]
+        self._jobs: Collection[Doc] = db["jobs"]
+        self._rounds: Collection[Doc] = db["rounds"]
+        self._updates: Collection[Doc] = db["updates"]
+        self._events: Collection[Doc] = db["events"]
+        self._clients: Collection[Doc] = db["clients"]
+        self._models: Collection[Doc] = db["models"]
+        self._commits: Collection[Doc] = db["commits"]
+        self._meta: Collection[Doc] = db["meta"]
+        self._ready = False
+        self._init_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MongoStateStore({self.uri!r}, database={self.database!r})"
+
+    # ---- plumbing
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except PyMongoError as exc:
+            raise StateError(
+                f"state store {self.uri} (database {self.database}): {what}: {exc}"
+            ) from exc
+
+    def _init(self) -> None:
+        if self._ready:
+            return
+        with self._init_lock:
+            if self._ready:
+                return
+            with self._errors("create indexes"):
+                self._jobs.create_index([("name", ASCENDING)], unique=True)
+                self._rounds.create_index(
+                    [("job", ASCENDING), ("round", ASCENDING), ("attempt", ASCENDING)],
+                    unique=True,
+                )
+                self._updates.create_index(
+                    [
+                        ("job", ASCENDING),
+                        ("round", ASCENDING),
+                        ("attempt", ASCENDING),
+                        ("client", ASCENDING),
+                    ],
+                    unique=True,
+                )
+                self._events.create_index([("job", ASCENDING), ("seq", ASCENDING)], unique=True)
+                self._clients.create_index([("job", ASCENDING), ("client", ASCENDING)], unique=True)
+                self._models.create_index([("job", ASCENDING), ("round", ASCENDING)], unique=True)
+                self._commits.create_index([("job", ASCENDING), ("round", ASCENDING)], unique=True)
+            with self._errors("check schema version"):
+                with contextlib.suppress(DuplicateKeyError):
+                    self._meta.update_one(
+                        {"_id": "schema"},
+                        {"$setOnInsert": {"version": SCHEMA_VERSION}},
+                        upsert=True,
+                    )
+                doc = self._meta.find_one({"_id": "schema"})
+            version = int((doc or {}).get("version", SCHEMA_VERSION))
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"state store {self.uri} (database {self.database}) has schema version "
+                    f"{version}, newer than this fedkube supports ({SCHEMA_VERSION}); "
+                    "upgrade fedkube"
+                )
+            self._ready = True
+
+    def _upsert(self, coll: Collection[Doc], flt: Doc, update: Doc) -> None:
+        """update_one(upsert=True), retried once: two concurrent upserts of the same
+        new key can make one fail with DuplicateKeyError; the retry then updates."""
+        try:
+            coll.update_one(flt, update, upsert=True)
+        except DuplicateKeyError:
+            coll.update_one(flt, update, upsert=True)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ---- jobs
+    def create_job(self, name: str, manifest: dict[str, Any]) -> JobRecord:
+        self._init()
+        t = now()
+        update = {
+            "$set": {"manifest": _dumps(manifest), "updated_at": t},
+            "$setOnInsert": {
+                "phase": PENDING,
+                "message": "",
+                "created_at": t,
+                "started_at": None,
+                "completed_at": None,
+                "current_round": 0,
+                "completed_rounds": 0,
+                "latest_model": None,
+                "metrics": "{}",
+            },
+        }
+        with self._errors(f"create job {name!r}"):
+            self._upsert(self._jobs, {"name": name}, update)
+            doc = self._jobs.find_one({"name": name})
+        if doc is None:
+            raise StateError(f"state store {self.uri}: job {name!r} vanished after create")
+        return _job(doc)
+
+    def get_job(self, name: str) -> JobRecord | None:
+        self._init()
+        with self._errors(f"get job {name!r}"):
+            doc = self._jobs.find_one({"name": name})
+        return _job(doc) if doc else None
+
+    def list_jobs(self) -> list[JobRecord]:
+        self._init()
+        with self._errors("list jobs"):
+            docs = list(self._jobs.find({}).sort("name", ASCENDING))
+        return [_job(d) for d in docs]
+
+    def update_job(self, name: str, **fields: Any) -> JobRecord:
+        bad = sorted(k for k in fields if k not in _JOB_FIELDS or k == "name")
+        if bad:
+            raise StateError(f"update_job({name!r}): unknown or read-only field(s) {bad}")
+        if "phase" in fields and fields["phase"] not in PHASES:
+            raise StateError(
+                f"update_job({name!r}): unknown phase {fields['phase']!r} (one of {PHASES})"
+            )
+        self._init()
+        fields.setdefault("updated_at", now())
+        values = {k: _dumps(v) if k in _JOB_JSON else v for k, v in fields.items()}
+        with self._errors(f"update job {name!r}"):
+            doc = self._jobs.find_one_and_update(
+                {"name": name}, {"$set": values}, return_document=ReturnDocument.AFTER
+            )
+        if doc is None:
+            raise StateError(f"update_job: no job {name!r}")
+        return _job(doc)
+
+    # ---- rounds
+    @staticmethod
+    def _key(job: str, round: int, attempt: int) -> Doc:
+        return {"job": job, "round": round, "attempt": attempt}
+
+    def _commit_of(self, job: str, round: int) -> Doc | None:
+        return self._commits.find_one({"job": job, "round": round})
+
+    def begin_attempt(self, job: str, round: int, attempt: int) -> RoundRecord:
+        self._init()
+        key = self._key(job, round, attempt)
+        insert = dict(_ROUND_DEFAULTS)
+        insert["started_at"] = now()
+        with self._errors(f"begin attempt {attempt} of job {job!r} round {round}"):
+            self._upsert(self._rounds, key, {"$setOnInsert": insert})
+            doc = self._rounds.find_one(key)
+            commit = self._commit_of(job, round)
+        if doc is None:
+            raise StateError(f"state store {self.uri}: attempt {key} vanished after insert")
+        return self._overlay(doc, commit)
+
+    def set_progress(
+        self, job: str, round: int, attempt: int, combiner: str, progress: dict[str, Any]
+    ) -> None:
+        self._init()
+        key = self._key(job, round, attempt)
+        with self._errors(f"set progress of job {job!r} round {round} attempt {attempt}"):
+            for _ in range(_CAS_RETRIES):
+                doc = self._rounds.find_one(key)
+                if doc is None:
+                    raise StateError(
+                        f"set_progress: job {job!r} round {round} has no attempt {attempt}"
+                    )
+                if doc.get("status") != ATTEMPT_RUNNING:
+                    return
+                commit = self._commit_of(job, round)
+                if commit is not None and commit.get("attempt") == attempt:
+                    return  # committed (round document not yet updated)
+                old = doc.get("combiners", "{}")
+                combiners = json.loads(old or "{}")
+                combiners[combiner] = progress
+                res = self._rounds.update_one(
+                    {**key, "status": ATTEMPT_RUNNING, "combiners": old},
+                    {"$set": {"combiners": _dumps(combiners)}},
+                )
+                if res.matched_count == 1:
+                    return
+        raise StateError(
+            f"set_progress: job {job!r} round {round} attempt {attempt}: too many concurrent "
+            "progress updates"
+        )
+
+    def fail_attempt(self, job: str, round: int, attempt: int, reason: str) -> None:
+        self._init()
+        key = self._key(job, round, attempt)
+        with self._errors(f"fail attempt {attempt} of job {job!r} round {round}"):
+            doc = self._rounds.find_one(key)
+            commit = self._commit_of(job, round)
+            if commit is not None and commit.get("attempt") == attempt:
+                self._apply_commit(commit)  # repair; a committed attempt never fails
+                return
+            if doc is None:
+                raise StateError(
+                    f"fail_attempt: job {job!r} round {round} has no attempt {attempt}"
+                )
+            self._rounds.update_one(
+                {**key, "status": ATTEMPT_RUNNING},
+                {"$set": {"status": ATTEMPT_FAILED, "reason": reason, "completed_at": now()}},
+            )
+
+    def _apply_commit(self, commit: Doc) -> None:
+        """Write a commit document's payload to its round document (idempotent)."""
+        key = self._key(commit["job"], commit["round"], commit["attempt"])
+        payload = dict(commit.get("payload") or {})
+        payload["status"] = ATTEMPT_COMPLETED
+        on_insert = {
+            k: v for k, v in _ROUND_DEFAULTS.items() if k not in payload and k != "started_at"
+        }
+        on_insert["started_at"] = payload.get("completed_at", now())
+        self._upsert(self._rounds, key, {"$set": payload, "$setOnInsert": on_insert})
+
+    def commit_round(
+        self,
+        job: str,
+        round: int,
+        attempt: int,
+        *,
+        model_key: str,
+        n_updates: int,
+        num_examples: int,
+        metrics: dict[str, float],
+        timings: dict[str, float],
+        participants: list[str],
+        combiners: dict[str, dict[str, Any]],
+    ) -> bool:
+        """See StateStore.commit_round. An attempt that was never begun is created
+        completed; committing a *failed* attempt raises StateError."""
+        self._init()
+        key = self._key(job, round, attempt)
+        t = now()
+        payload = {
+            "completed_at": t,
+            "model_key": model_key,
+            "n_updates": n_updates,
+            "num_examples": num_examples,
+            "metrics": _dumps(metrics),
+            "timings": _dumps(timings),
+            "participants": list(participants),
+            "combiners": _dumps(combiners),
+        }
+        with self._errors(f"commit job {job!r} round {round} attempt {attempt}"):
+            existing = self._commit_of(job, round)
+            if existing is not None:
+                if existing.get("attempt") == attempt:
+                    self._apply_commit(existing)  # finish a commit cut short by a crash
+                return False
+            doc = self._rounds.find_one(key)
+            if doc is not None and doc.get("status") == ATTEMPT_FAILED:
+                raise StateError(
+                    f"commit_round: attempt {attempt} of job {job!r} round {round} already "
+                    f"failed ({doc.get('reason', '')}); start a new attempt"
+                )
+            commit = {**key, "at": t, "payload": payload}
+            try:
+                self._commits.insert_one(commit)
+            except DuplicateKeyError:
+                existing = self._commit_of(job, round)
+                if existing is not None and existing.get("attempt") == attempt:
+                    self._apply_commit(existing)
+                return False
+            self._apply_commit(commit)
+        return True
+
+    def set_validation(
+        self, job: str, round: int, metrics: dict[str, float], num_examples: int
+    ) -> None:
+        self._init()
+        with self._errors(f"set validation of job {job!r} round {round}"):
+            commit = self._commit_of(job, round)
+            if commit is None:
+                raise StateError(f"set_validation: job {job!r} round {round} is not committed")
+            self._apply_commit(commit)
+            self._rounds.update_one(
+                self._key(job, round, commit["attempt"]),
+                {"$set": {"validation": _dumps(metrics), "validation_examples": num_examples}},
+            )
+
+    @staticmethod
+    def _overlay(doc: Doc, commit: Doc | None) -> RoundRecord:
+        if commit is not None and commit.get("attempt") == doc.get("attempt"):
+            doc = {**doc, **(commit.get("payload") or {}), "status": ATTEMPT_COMPLETED}
+        return _round(doc)
+
+    def get_rounds(self, job: str) -> list[RoundRecord]:
+        self._init()
+        with self._errors(f"get rounds of job {job!r}"):
+            docs = list(self._rounds.find({"job": job}))
+            commits = {c["round"]: c for c in self._commits.find({"job": job})}
+        seen = {(d["round"], d["attempt"]) for d in docs}
+        # A commit whose round document was never written still counts.
+        for c in commits.values():
+            if (c["round"], c["attempt"]) not in seen:
+                docs.append(
+                    {**self._key(job, c["round"], c["attempt"]), "started_at": c.get("at", 0.0)}
+                )
+        records = [self._overlay(d, commits.get(d["round"])) for d in docs]
+        records.sort(key=lambda r: (r.round, r.attempt))
+        return records
+
+    def last_committed_round(self, job: str) -> int:
+        self._init()
+        with self._errors(f"last committed round of job {job!r}"):
+            doc = self._commits.find_one({"job": job}, sort=[("round", DESCENDING)])
+        return int(doc["round"]) if doc else 0
+
+    # ---- updates
+    def record_update(self, rec: UpdateRecord) -> bool:
+        self._init()
+        doc = {
+            "job": rec.job,
+            "round": rec.round,
+            "attempt": rec.attempt,
+            "client": rec.client,
+            "combiner": rec.combiner,
+            "status": rec.status,
+            "num_examples": rec.num_examples,
+            "reason": rec.reason,
+            "sha256": rec.sha256,
+            "at": rec.at or now(),
+        }
+        with self._errors(f"record update of client {rec.client!r}"):
+            try:
+                self._updates.insert_one(doc)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    def list_updates(self, job: str, round: int | None = None) -> list[UpdateRecord]:
+        self._init()
+        flt: Doc = {"job": job}
+        if round is not None:
+            flt["round"] = round
+        with self._errors(f"list updates of job {job!r}"):
+            docs = list(
+                self._updates.find(flt).sort(
+                    [("round", ASCENDING), ("attempt", ASCENDING), ("client", ASCENDING)]
+                )
+            )
+        return [UpdateRecord(**_strip_id(d)) for d in docs]
+
+    # ---- events
+    def add_event(self, ev: EventRecord) -> None:
+        """Append `ev`. Sequence numbers are per job (1, 2, 3, ...). An event given
+        with a seq that already exists is ignored (idempotent replay)."""
+        self._init()
+        counter = {"_id": f"event_seq:{ev.job}"}
+        with self._errors(f"add event to job {ev.job!r}"):
+            if ev.seq:
+                self._upsert(self._meta, counter, {"$max": {"seq": ev.seq}})
+                seq = ev.seq
+            else:
+                try:
+                    doc = self._meta.find_one_and_update(
+                        counter,
+                        {"$inc": {"seq": 1}},
+                        upsert=True,
+                        return_document=ReturnDocument.AFTER,
+                    )
+                except DuplicateKeyError:
+                    doc = self._meta.find_one_and_update(
+                        counter, {"$inc": {"seq": 1}}, return_document=ReturnDocument.AFTER
+                    )
+                if doc is None:
+                    raise StateError(f"state store {self.uri}: event counter missing")
+                seq = int(doc["seq"])
+            with contextlib.suppress(DuplicateKeyError):
+                self._events.insert_one(
+                    {
+                        "job": ev.job,
+                        "seq": seq,
+                        "kind": ev.kind,
+                        "message": ev.message,
+                        "level": ev.level,
+                        "round": ev.round,
+                        "attempt": ev.attempt,
+                        "client": ev.client,
+                        "combiner": ev.combiner,
+                        "at": ev.at or now(),
+                    }
+                )
+
+    def list_events(
+        self, job: str, *, since_seq: int = 0, limit: int | None = None
+    ) -> list[EventRecord]:
+        if limit is not None and limit <= 0:
+            return []
+        self._init()
+        with self._errors(f"list events of job {job!r}"):
+            cur = self._events.find({"job": job, "seq": {"$gt": since_seq}}).sort("seq", ASCENDING)
+            if limit is not None:
+                cur = cur.limit(limit)
+            docs = list(cur)
+        return [EventRecord(**_strip_id(d)) for d in docs]
+
+    # ---- clients
+    def upsert_client(self, rec: ClientRecord) -> None:
+        self._init()
+        update = {
+            "$set": {
+                "combiner": rec.combiner,
+                "status": rec.status,
+                "last_seen": rec.last_seen or now(),
+            },
+            "$max": {"participations": rec.participations},
+        }
+        with self._errors(f"upsert client {rec.client!r}"):
+            self._upsert(self._clients, {"job": rec.job, "client": rec.client}, update)
+
+    def list_clients(self, job: str) -> list[ClientRecord]:
+        self._init()
+        with self._errors(f"list clients of job {job!r}"):
+            docs = list(self._clients.find({"job": job}).sort("client", ASCENDING))
+        return [ClientRecord(**_strip_id(d)) for d in docs]
+
+    # ---- models
+    def add_model(self, rec: ModelRecord) -> None:
+        self._init()
+        doc = {
+            "job": rec.job,
+            "round": rec.round,
+            "key": rec.key,
+            "parent": rec.parent,
+            "sha256": rec.sha256,
+            "size": rec.size,
+            "created_at": rec.created_at or now(),
+        }
+        with self._errors(f"add model of job {rec.job!r} round {rec.round}"):
+            flt = {"job": rec.job, "round": rec.round}
+            try:
+                self._models.replace_one(flt, doc, upsert=True)
+            except DuplicateKeyError:
+                self._models.replace_one(flt, doc, upsert=True)
+
+    def get_model(self, job: str, round: int | None = None) -> ModelRecord | None:
+        self._init()
+        with self._errors(f"get model of job {job!r}"):
+            if round is None:
+                doc = self._models.find_one({"job": job}, sort=[("round", DESCENDING)])
+            else:
+                doc = self._models.find_one({"job": job, "round": round})
+        return ModelRecord(**_strip_id(doc)) if doc else None
+
+    def list_models(self, job: str) -> list[ModelRecord]:
+        self._init()
+        with self._errors(f"list models of job {job!r}"):
+            docs = list(self._models.find({"job": job}).sort("round", ASCENDING))
+        return [ModelRecord(**_strip_id(d)) for d in docs]
+
+
+__all__ = ["MongoStateStore", "redact_mongo_uri"]
