@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from fedkube.errors import FedkubeError
+from fedkube.report import make_console
 from fedkube.settings import DEFAULT_WORKDIR
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ app = typer.Typer(
 models_app = typer.Typer(help="List and download global models of a job.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-err = Console(stderr=True)
+err = make_console(stderr=True)
 
 WorkdirOpt = Annotated[
     Path,
@@ -187,7 +187,7 @@ def status(
     if output == "json":
         print(json.dumps(data[0] if name else data, indent=2))
         return
-    out = Console()
+    out = make_console()
     if not data:
         out.print("no jobs")
     for d in data:

@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedkube.errors import FedkubeError, SpecError
-from fedkube.report import job_status, render_status
+from fedkube.report import job_status, make_console, render_status
 from fedkube.rpc import CLIENT_TOKEN_ENV, REDUCER_TOKEN_ENV
 from fedkube.settings import state_uri, store_uri
 from fedkube.spec import FederatedJob, load_job_file, parse_job
@@ -390,7 +390,7 @@ class LocalFederation:
 
 
 def run_local(opts: LocalRunOptions, console: Console | None = None) -> int:
-    console = console or Console(stderr=False)
+    console = console or make_console()
     fed = LocalFederation(opts, console)
     old = signal.getsignal(signal.SIGTERM)
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from fedkube.errors import StateError
 from fedkube.state import ATTEMPT_COMPLETED, StateStore
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console; 120 columns when writing to a file or pipe (logs, CI)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 120)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -97,6 +104,10 @@ def _fmt(metrics: dict[str, float], keys: list[str] | None = None) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in items)
 
 
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
 def render_status(st: dict[str, Any]) -> Group:
     head = Table.grid(padding=(0, 2))
     head.add_row("Job", Text(st["name"], style="bold"))
@@ -111,26 +122,26 @@ def render_status(st: dict[str, Any]) -> Group:
         head.add_row("Model", st["latestModel"])
     if st["message"]:
         head.add_row("Message", st["message"])
-    rounds = Table(title="Rounds", show_edge=False)
-    for col in (
-        "round",
-        "attempt",
-        "updates",
-        "train metrics",
-        "validation",
-        "seconds",
-        "participants",
-    ):
-        rounds.add_column(
-            col, justify="right" if col in ("round", "attempt", "updates", "seconds") else "left"
-        )
+    rounds = Table(
+        title="Rounds (validation of the global model; train = clients' local)", show_edge=False
+    )
+    val_keys = sorted({k for h in st["roundHistory"] for k in h["validation"]})
+    train_keys = sorted({k for h in st["roundHistory"] for k in h["metrics"]})
+    for col in ("round", "attempt", "updates"):
+        rounds.add_column(col, justify="right")
+    for k in val_keys:
+        rounds.add_column(k, justify="right")
+    for k in train_keys:
+        rounds.add_column(k if k.startswith("train") else f"train {k}", justify="right")
+    rounds.add_column("seconds", justify="right")
+    rounds.add_column("clients", justify="right")
     for h in st["roundHistory"]:
         rounds.add_row(
             str(h["round"]),
             str(h["attempt"]),
             str(h["updates"]),
-            _fmt(h["metrics"]),
-            _fmt(h["validation"]),
+            *(_num(h["validation"].get(k)) for k in val_keys),
+            *(_num(h["metrics"].get(k)) for k in train_keys),
             f"{h['timings'].get('total_s', 0):.2f}",
             str(len(h["participants"])),
         )

@@ -16,7 +16,7 @@ from fedkube.combiner.server import serve_combiner
 from fedkube.model import save_model
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
-from fedkube.rpc import bearer
+from fedkube.rpc import ClientTLS, ServerTLS, bearer, open_channel
 from fedkube.spec import parse_job
 from fedkube.state import open_state_store
 from fedkube.store import model_key, open_object_store
@@ -36,9 +36,15 @@ def seed_model() -> dict[str, np.ndarray]:
 class FakeClient:
     """A client speaking the real protocol; the test decides what it uploads."""
 
-    def __init__(self, address: str, client_id: str, token: str | None = CLIENT_TOKEN) -> None:
+    def __init__(
+        self,
+        address: str,
+        client_id: str,
+        token: str | None = CLIENT_TOKEN,
+        tls: ClientTLS | None = None,
+    ) -> None:
         self.client_id = client_id
-        self.channel = grpc.insecure_channel(address)
+        self.channel = _channel(address, tls)
         self.stub = pb_grpc.CombinerStub(self.channel)
         self.md = bearer(token) if token else ()
         self.tasks: queue.Queue[pb.Task | BaseException] = queue.Queue()
@@ -87,9 +93,27 @@ class FakeClient:
         self.channel.close()
 
 
+def _channel(address: str, tls: ClientTLS | None) -> grpc.Channel:
+    """Plaintext as always without `tls`; with it, the production channel (open_channel)."""
+    return grpc.insecure_channel(address) if tls is None else open_channel(address, tls)
+
+
 class CombinerHarness:
-    def __init__(self, tmp: Path, *, max_bytes: int = 10_000_000, heartbeat: float = 5.0) -> None:
+    """A combiner on 127.0.0.1. With `tls` it serves TLS (mTLS if tls.client_ca);
+    `client_tls` is then what the control stub and, by default, clients connect with."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        max_bytes: int = 10_000_000,
+        heartbeat: float = 5.0,
+        tls: ServerTLS | None = None,
+        client_tls: ClientTLS | None = None,
+    ) -> None:
         self.tmp = tmp
+        self.tls = tls
+        self.client_tls = client_tls
         self.job = parse_job(
             {
                 "apiVersion": "fedkube.dev/v1alpha1",
@@ -120,7 +144,7 @@ class CombinerHarness:
                 raise RuntimeError("combiner did not start")
             time.sleep(0.02)
         self.address = f"127.0.0.1:{port_file.read_text()}"
-        self.control_channel = grpc.insecure_channel(self.address)
+        self.control_channel = _channel(self.address, client_tls)
         self.control = pb_grpc.CombinerControlStub(self.control_channel)
         self.clients: list[FakeClient] = []
 
@@ -138,14 +162,17 @@ class CombinerHarness:
                 client_token=CLIENT_TOKEN,
                 reducer_token=REDUCER_TOKEN,
                 workdir=self.tmp / "combiner",
+                tls=self.tls,
                 port_file=port_file,
                 stop=self.stop_event,
             )
 
         self.loop.run_until_complete(main())
 
-    def client(self, cid: str, token: str | None = CLIENT_TOKEN) -> FakeClient:
-        c = FakeClient(self.address, cid, token)
+    def client(
+        self, cid: str, token: str | None = CLIENT_TOKEN, tls: ClientTLS | None = None
+    ) -> FakeClient:
+        c = FakeClient(self.address, cid, token, tls or self.client_tls)
         self.clients.append(c)
         return c
 
