@@ -233,30 +233,38 @@ class LocalFederation:
     def _job_args(self, job_yaml: Path) -> list[str]:
         return ["--job", str(job_yaml), "--job-dir", str(self.job_dir)]
 
+    def start_combiner(self, job_yaml: Path, run_dir: Path, name: str, port: int = 0) -> Proc:
+        """Start one combiner (port 0: any free port, reported through a port file)."""
+        pf = run_dir / f"{name}.port"
+        pf.unlink(missing_ok=True)
+        return self._spawn(
+            "combiner",
+            name,
+            [
+                *self._common(job_yaml),
+                "--name",
+                name,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--port-file",
+                str(pf),
+                "--workdir",
+                str(self.workdir / "combiners" / name),
+            ],
+        )
+
+    def wait_combiner(self, proc: Proc, run_dir: Path) -> str:
+        """Wait until a combiner listens; record and return its address."""
+        port = self._wait_port(proc, run_dir / f"{proc.name}.port")
+        self.combiners[proc.name] = f"127.0.0.1:{port}"
+        return self.combiners[proc.name]
+
     def start_combiners(self, job_yaml: Path, run_dir: Path) -> dict[str, str]:
         """Start every combiner; return name -> address once all listen."""
-        starting = []
-        for i in range(self.job.spec.combiners.replicas):
-            name = f"combiner-{i}"
-            pf = run_dir / f"{name}.port"
-            pf.unlink(missing_ok=True)
-            p = self._spawn(
-                "combiner",
-                name,
-                [
-                    *self._common(job_yaml),
-                    "--name",
-                    name,
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--port-file",
-                    str(pf),
-                    "--workdir",
-                    str(self.workdir / "combiners" / name),
-                ],
-            )
-            starting.append((name, p, pf))
-        self.combiners = {name: f"127.0.0.1:{self._wait_port(p, pf)}" for name, p, pf in starting}
+        names = [f"combiner-{i}" for i in range(self.job.spec.combiners.replicas)]
+        procs = [self.start_combiner(job_yaml, run_dir, n) for n in names]
+        for p in procs:
+            self.wait_combiner(p, run_dir)
         return self.combiners
 
     def start_reducer(self, job_yaml: Path) -> Proc:

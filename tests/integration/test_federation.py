@@ -245,3 +245,33 @@ def test_subprocess_train_command_and_bad_client(tmp_path):
         fails = [e for e in fed.state.list_events(fed.name) if e.kind == "TrainFailed"]
         assert fails and all(e.client == "client-2" and "NaN" in e.message for e in fails)
         np.testing.assert_allclose(final_model(fed, 2)["w"], expected_w(2, [0, 1]), atol=1e-6)
+
+
+def test_combiner_restart_costs_a_retry_not_the_job(tmp_path):
+    """SIGKILL a combiner mid-round and start it again on its address: its clients
+    reconnect with backoff, the attempt without quorum is retried, the job ends."""
+    job = write_job(
+        tmp_path / "job",
+        toy_manifest(
+            rounds=3, clients=4, combiners=2, min_updates=4, round_timeout=30, config={"sleep": 0.5}
+        ),
+    )
+    with Federation(job, tmp_path / "wd") as fed:
+        fed.start()
+        fed.wait_for(
+            lambda: any(r.round == 2 for r in fed.state.get_rounds(fed.name)),
+            what="round 2 to start",
+        )
+        fed.kill(fed.combiner("combiner-1"))
+        fed.restart_combiner("combiner-1")
+        assert fed.wait_reducer() == 0, fed.log("reducer")
+        done = committed(fed)
+        assert [r.round for r in done] == [1, 2, 3]
+        assert all(r.n_updates == 4 for r in done)
+        r2 = [r for r in fed.state.get_rounds(fed.name) if r.round == 2]
+        assert r2[0].status == ATTEMPT_FAILED
+        assert any(
+            e.kind == "CombinerFailed" and e.combiner == "combiner-1"
+            for e in fed.state.list_events(fed.name)
+        )
+        np.testing.assert_allclose(final_model(fed, 3)["w"], expected_w(3, [0, 1, 2, 3]), atol=1e-6)

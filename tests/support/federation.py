@@ -96,6 +96,16 @@ class Federation:
         n = n if n is not None else self.fed.job.spec.clients.simulation.clients
         return self.fed.start_client(self.job_yaml, i, n)
 
+    def combiner(self, name: str) -> Proc:
+        return [p for p in self.fed.procs if p.name == name and p.popen.poll() is None][-1]
+
+    def restart_combiner(self, name: str) -> Proc:
+        """Start a combiner again on the port it had, as a Kubernetes Service would."""
+        port = int(self.fed.combiners[name].rsplit(":", 1)[1])
+        proc = self.fed.start_combiner(self.job_yaml, self.run_dir, name, port)
+        self.fed.wait_combiner(proc, self.run_dir)
+        return proc
+
     def restart_reducer(self) -> Proc:
         self.reducer = self.fed.start_reducer(self.job_yaml)
         return self.reducer
