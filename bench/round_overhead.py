@@ -55,9 +55,8 @@ def main() -> None:
             print(f"  {n:>4} clients: round {total * 1000:8.1f} ms", flush=True)
     base_n, _, base_total = rows[0]
     print()
-    print(
-        f"{'clients':>8} {'round ms':>10} {'train phase ms':>15} {'ms/client vs N=' + str(base_n):>20}"
-    )
+    slope_col = f"ms/client vs N={base_n}"
+    print(f"{'clients':>8} {'round ms':>10} {'train phase ms':>15} {slope_col:>20}")
     for n, train, total in rows:
         slope = (total - base_total) / (n - base_n) * 1000 if n != base_n else float("nan")
         print(f"{n:>8} {total * 1000:>10.1f} {train * 1000:>15.1f} {slope:>20.2f}")

@@ -115,20 +115,44 @@ def save_model(
         arrays.append(arr)
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     hbytes += b" " * (-len(hbytes) % 8)  # align the data section to 8 bytes
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    # Unique per call (not only per process): threads may save the same path.
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     h = hashlib.sha256()
-    with open(tmp, "wb") as f:
-        for chunk in (struct.pack("<Q", len(hbytes)), hbytes):
-            f.write(chunk)
-            h.update(chunk)
-        for arr in arrays:
-            mv = arr.reshape(-1).view(np.uint8).data if arr.size else memoryview(b"")
-            f.write(mv)
-            h.update(mv)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in (struct.pack("<Q", len(hbytes)), hbytes):
+                f.write(chunk)
+                h.update(chunk)
+            for arr in arrays:
+                mv = arr.reshape(-1).view(np.uint8).data if arr.size else memoryview(b"")
+                f.write(mv)
+                h.update(mv)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return h.hexdigest()
+
+
+def _ints(value: object) -> tuple[int, ...] | None:
+    if isinstance(value, list) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in value
+    ):
+        return tuple(value)
+    return None
+
+
+def _entry(name: str, entry: object) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """dtype, shape and data_offsets of a header entry, with strict types (a string
+    shape or float offsets would otherwise be misread rather than rejected)."""
+    if isinstance(entry, dict) and isinstance(entry.get("dtype"), str):
+        shape = _ints(entry.get("shape"))
+        offsets = _ints(entry.get("data_offsets"))
+        if shape is not None and offsets is not None and len(offsets) == 2:
+            return entry["dtype"], shape, offsets
+    raise ModelFileError(f"model file is corrupt: bad header entry for {name!r}")
 
 
 def read_header(path: str | Path, *, max_bytes: int | None = None) -> ModelHeader:
@@ -160,14 +184,11 @@ def read_header(path: str | Path, *, max_bytes: int | None = None) -> ModelHeade
     if not isinstance(header, dict):
         raise ModelFileError("model file is corrupt: header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise ModelFileError("model file is corrupt: __metadata__ is not a JSON object")
     infos: list[TensorInfo] = []
     for name, entry in header.items():
-        try:
-            dtype = entry["dtype"]
-            shape = tuple(int(d) for d in entry["shape"])
-            start, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelFileError(f"model file is corrupt: bad header entry for {name!r}") from None
+        dtype, shape, (start, end) = _entry(name, entry)
         if dtype not in _DTYPES:
             raise ModelFileError(f"tensor {name!r}: unsupported dtype {dtype}")
         if any(d < 0 for d in shape) or end - start != math.prod(shape) * _DTYPES[dtype].itemsize:

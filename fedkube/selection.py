@@ -30,7 +30,7 @@ def distribute_quota(total: int, connected: Mapping[str, int]) -> dict[str, int]
     avail = sum(capacity.values())
     if avail == 0:
         return {n: 0 for n in names}
-    want = min(total, avail)
+    want = max(0, min(total, avail))
     exact = {n: want * capacity[n] / avail for n in names}
     quota = {n: int(exact[n]) for n in names}
     rest = want - sum(quota.values())

@@ -10,6 +10,7 @@ numbers that are not integers (learning rates, ratios) are strings, for example
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -38,13 +39,27 @@ _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 def _decimal(value: Any) -> Any:
-    """Accept '0.01' (the manifest form) as well as 0.01."""
+    """Accept '0.01' (the manifest form) as well as 0.01; reject NaN and infinities."""
     if isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError as exc:
             raise ValueError(f"not a number: {value!r}") from exc
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
     return value
+
+
+class _FieldError(ValueError):
+    """A model validator's error about one field, named as in the manifest (camelCase).
+
+    parse_job appends `field` to the error location, so the message names the
+    full manifest path, for example ``spec.clients.minUpdates``.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 # A float that is written as a string in the manifest.
@@ -74,14 +89,16 @@ class Metadata(_Model):
     @model_validator(mode="after")
     def _check_name(self) -> Metadata:
         if len(self.name) > MAX_NAME_LENGTH:
-            raise ValueError(
-                f"metadata.name {self.name!r} is {len(self.name)} characters; at most "
-                f"{MAX_NAME_LENGTH} leave room for child object names"
+            raise _FieldError(
+                "name",
+                f"{self.name!r} is {len(self.name)} characters; at most "
+                f"{MAX_NAME_LENGTH} leave room for child object names",
             )
-        if not _NAME_RE.match(self.name):
-            raise ValueError(
-                f"metadata.name {self.name!r} must be a DNS-1035 label: lower-case letters, "
-                "digits and '-', starting with a letter"
+        if not _NAME_RE.fullmatch(self.name):
+            raise _FieldError(
+                "name",
+                f"{self.name!r} must be a DNS-1035 label: lower-case letters, "
+                "digits and '-', starting with a letter",
             )
         return self
 
@@ -104,6 +121,23 @@ class ModelSpec(_Model):
     max_bytes: int = Field(
         default=2 * 1024**3, gt=0, description="Largest accepted model or update file in bytes."
     )
+
+    @model_validator(mode="after")
+    def _one_seed(self) -> ModelSpec:
+        given = [
+            alias
+            for alias, value in (
+                ("seedUri", self.seed_uri),
+                ("initCommand", self.init_command),
+                ("initFn", self.init_fn),
+            )
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise _FieldError(
+                given[-1], f"set at most one of seedUri, initCommand, initFn (got {given})"
+            )
+        return self
 
 
 class TrainSpec(_Model):
@@ -156,9 +190,9 @@ class ClientsSpec(_Model):
     @model_validator(mode="after")
     def _quorum(self) -> ClientsSpec:
         if self.min_updates > self.per_round:
-            raise ValueError(
-                f"clients.minUpdates ({self.min_updates}) must be <= clients.perRound "
-                f"({self.per_round})"
+            raise _FieldError(
+                "minUpdates",
+                f"{self.min_updates} must be <= clients.perRound ({self.per_round})",
             )
         return self
 
@@ -256,7 +290,7 @@ class StorageSpec(_Model):
     @model_validator(mode="after")
     def _one(self) -> StorageSpec:
         if self.local is not None and self.s3 is not None:
-            raise ValueError("storage: set either local or s3, not both")
+            raise _FieldError("s3", "set either local or s3, not both")
         return self
 
 
@@ -277,7 +311,7 @@ class StateStoreSpec(_Model):
     @model_validator(mode="after")
     def _one(self) -> StateStoreSpec:
         if self.sqlite is not None and self.mongodb is not None:
-            raise ValueError("stateStore: set either sqlite or mongodb, not both")
+            raise _FieldError("mongodb", "set either sqlite or mongodb, not both")
         return self
 
 
@@ -297,13 +331,6 @@ class JobSpec(_Model):
     state_store: StateStoreSpec = Field(default_factory=StateStoreSpec)
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
 
-    @model_validator(mode="after")
-    def _entrypoints(self) -> JobSpec:
-        m = self.model
-        if sum(x is not None for x in (m.seed_uri, m.init_command, m.init_fn)) > 1:
-            raise ValueError("model: set at most one of seedUri, initCommand, initFn")
-        return self
-
 
 class FederatedJob(_Model):
     api_version: Literal["fedkube.dev/v1alpha1"] = Field(default=API_VERSION)
@@ -321,23 +348,26 @@ class FederatedJob(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude={"status"})
 
 
+# Fields holding a discriminated union: pydantic puts the tag into the location.
+_TAGGED = {"aggregator", "serverOptimizer"}
+
+
 def _loc(err: Any) -> str:
+    """The manifest path of a pydantic error, e.g. ``spec.clients.minUpdates``."""
+    loc = tuple(err.get("loc", ()))
     parts: list[str] = []
-    for p in err.get("loc", ()):
+    for i, p in enumerate(loc):
         if isinstance(p, int):
             parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
-        elif p in {
-            "fedavg",
-            "median",
-            "trimmedmean",
-            "fedavgm",
-            "fedadam",
-            "fedyogi",
-            "fedadagrad",
-        }:
-            continue  # discriminated-union tag, not a field
+        elif i == 2 and loc[0] == "spec" and loc[1] in _TAGGED:
+            continue  # spec.aggregator.<tag>.field: the union tag is not a field
         else:
             parts.append(str(p))
+    ctx = err.get("ctx") or {}
+    if isinstance(ctx.get("error"), _FieldError):
+        parts.append(ctx["error"].field)
+    elif err.get("type") in {"union_tag_invalid", "union_tag_not_found"}:
+        parts.append(str(ctx.get("discriminator", "name")).strip("'"))
     return ".".join(parts) or "<root>"
 
 
