@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from fedkube.errors import FedkubeError
 from fedkube.report import make_console
@@ -80,13 +81,23 @@ TlsClientCaOpt = Annotated[
         "--tls-client-ca", help="CA (PEM) that client certificates must chain to; enables mTLS."
     ),
 ]
+TlsOpt = Annotated[
+    bool,
+    typer.Option("--tls", help="Use TLS, verifying the server with the system's trusted CAs."),
+]
+TlsClientCertOpt = Annotated[
+    str | None, typer.Option("--tls-cert", help="Client certificate (PEM) for mutual TLS.")
+]
+TlsClientKeyOpt = Annotated[
+    str | None, typer.Option("--tls-key", help="Client private key (PEM) for mutual TLS.")
+]
 TlsCaOpt = Annotated[
     str | None, typer.Option("--tls-ca", help="CA (PEM) to verify the server with; enables TLS.")
 ]
 
 
 def _fail(exc: BaseException, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/] {exc}")
+    err.print(f"[red]error:[/] {escape(str(exc))}")
     return typer.Exit(code)
 
 
@@ -325,20 +336,27 @@ def combiner(
         tls = server_tls(tls_cert, tls_key, tls_client_ca)
     except (FedkubeError, ValueError) as exc:
         raise _fail(exc) from None
-    asyncio.run(
-        serve_combiner(
-            name=name,
-            job=job,
-            store=obj,
-            state=st,
-            listen=listen,
-            client_token=ctok,
-            reducer_token=rtok,
-            workdir=wd,
-            tls=tls,
-            port_file=port_file,
+    try:
+        asyncio.run(
+            serve_combiner(
+                name=name,
+                job=job,
+                store=obj,
+                state=st,
+                listen=listen,
+                client_token=ctok,
+                reducer_token=rtok,
+                workdir=wd,
+                tls=tls,
+                port_file=port_file,
+            )
         )
-    )
+    except (OSError, RuntimeError) as exc:
+        # grpc reports a taken port or a key that does not match its certificate
+        # as "Failed to bind"; name what we tried.
+        raise _fail(
+            RuntimeError(f"cannot serve on {listen}{' with TLS' if tls else ''}: {exc}")
+        ) from None
 
 
 @app.command()
@@ -358,13 +376,10 @@ def reducer(
             "--token-file", help="File with the reducer bearer token (else $FEDKUBE_REDUCER_TOKEN)."
         ),
     ] = None,
+    tls: TlsOpt = False,
     tls_ca: TlsCaOpt = None,
-    tls_cert: Annotated[
-        str | None, typer.Option("--tls-cert", help="Client certificate (PEM) for mTLS.")
-    ] = None,
-    tls_key: Annotated[
-        str | None, typer.Option("--tls-key", help="Client key (PEM) for mTLS.")
-    ] = None,
+    tls_cert: TlsClientCertOpt = None,
+    tls_key: TlsClientKeyOpt = None,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run a job's round loop against its combiners. Resumes from the last committed round;
@@ -394,7 +409,7 @@ def reducer(
             reducer_token=read_token(REDUCER_TOKEN_ENV, token_file),
             workdir=wd,
             job_dir=(job_dir or job_file.parent).resolve(),
-            tls=client_tls(tls_ca, tls_cert, tls_key),
+            tls=client_tls(tls_ca, tls_cert, tls_key, force=tls),
         )
     except (FedkubeError, ValueError) as exc:
         raise _fail(exc) from None
@@ -458,13 +473,10 @@ def client(
             "--heartbeat", help="Heartbeat interval in seconds until the combiner names its own."
         ),
     ] = 5.0,
+    tls: TlsOpt = False,
     tls_ca: TlsCaOpt = None,
-    tls_cert: Annotated[
-        str | None, typer.Option("--tls-cert", help="Client certificate (PEM) for mTLS.")
-    ] = None,
-    tls_key: Annotated[
-        str | None, typer.Option("--tls-key", help="Client key (PEM) for mTLS.")
-    ] = None,
+    tls_cert: TlsClientCertOpt = None,
+    tls_key: TlsClientKeyOpt = None,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Connect to a combiner and run train/validate tasks until stopped. Entry points come
@@ -514,7 +526,7 @@ def client(
             job=job_name,
             token=read_token(CLIENT_TOKEN_ENV, token_file),
             workdir=wd,
-            tls=client_tls(tls_ca, tls_cert, tls_key),
+            tls=client_tls(tls_ca, tls_cert, tls_key, force=tls),
             heartbeat_seconds=heartbeat,
             client_index=client_index,
             num_clients=num_clients,

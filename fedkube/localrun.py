@@ -322,7 +322,7 @@ class LocalFederation:
                     if live is not None:
                         live.update(view[1])
                     elif view[0] != last_line and self.opts.progress:
-                        self.console.print(view[0], highlight=False)
+                        self.console.print(view[0], highlight=False, markup=False)
                         last_line = view[0]
                 dead = [
                     p for p in self.procs if p.role == "combiner" and p.popen.poll() is not None

@@ -107,6 +107,19 @@ class ClientTLS:
         )
 
 
+def _check_pem(path: str | None, flag: str) -> None:
+    """Fail early (ValueError, a clean CLI error) on a missing or non-PEM TLS file,
+    instead of a traceback when the server binds or the channel first connects."""
+    if not path:
+        return
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot read: {exc.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{flag} {path}: not a PEM file")
+
+
 def server_tls(cert: str | None, key: str | None, client_ca: str | None) -> ServerTLS | None:
     if not cert and not key:
         if client_ca:
@@ -114,16 +127,29 @@ def server_tls(cert: str | None, key: str | None, client_ca: str | None) -> Serv
         return None
     if not (cert and key):
         raise ValueError("TLS needs both --tls-cert and --tls-key")
+    _check_pem(cert, "--tls-cert")
+    _check_pem(key, "--tls-key")
+    _check_pem(client_ca, "--tls-client-ca")
     return ServerTLS(cert, key, client_ca)
 
 
 def client_tls(
-    ca: str | None, cert: str | None = None, key: str | None = None, server_name: str | None = None
+    ca: str | None,
+    cert: str | None = None,
+    key: str | None = None,
+    server_name: str | None = None,
+    *,
+    force: bool = False,
 ) -> ClientTLS | None:
-    if not (ca or cert or key):
+    """TLS settings of a channel; None (plaintext) unless a CA, a client certificate
+    or `force` (TLS with the system's trusted CAs) is given."""
+    if not (ca or cert or key or force):
         return None
     if bool(cert) != bool(key):
         raise ValueError("a client certificate needs both --tls-cert and --tls-key")
+    _check_pem(ca, "--tls-ca")
+    _check_pem(cert, "--tls-cert")
+    _check_pem(key, "--tls-key")
     return ClientTLS(ca, cert, key, server_name)
 
 

@@ -345,7 +345,7 @@ class FederatedJob(_Model):
 
     def to_manifest(self) -> dict[str, Any]:
         """The manifest form (camelCase, decimals as strings, no unset status)."""
-        return self.model_dump(mode="json", by_alias=True, exclude={"status"})
+        return self.model_dump(mode="json", by_alias=True, exclude={"status"}, exclude_none=True)
 
 
 # Fields holding a discriminated union: pydantic puts the tag into the location.

@@ -41,7 +41,7 @@ def mnist_run(tmp_path_factory):
 
 
 def test_run_succeeds_with_accuracy(mnist_run):
-    wd, proc = mnist_run
+    _, proc = mnist_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # live progress lines were printed while it ran (not a terminal: one line per change)
     progress = [ln for ln in proc.stdout.splitlines() if ln.startswith("[Running]")]
