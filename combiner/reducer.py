@@ -34,6 +34,7 @@ from fedkube.rpc import ClientTLS, bearer, open_channel
 from fedkube.selection import distribute_quota, weighted_metrics
 from fedkube.spec import FederatedJob
 from fedkube.state import (
+    ATTEMPT_FAILED,
     ATTEMPT_RUNNING,
     FAILED,
     RUNNING,
@@ -45,6 +46,8 @@ from fedkube.state import (
 )
 from fedkube.store import ObjectStore, model_key, optimizer_key
 from fedkube.task import load_callable
+
+RESTARTED = "reducer restarted"
 
 
 class RoundFailed(FedkubeError):
@@ -85,6 +88,8 @@ class Reducer:
         self._channels = {n: open_channel(a, cfg.tls) for n, a in cfg.combiners.items()}
         self._control = {n: pb_grpc.CombinerControlStub(c) for n, c in self._channels.items()}
         self._md = bearer(cfg.reducer_token)
+        self._retry_floor: dict[int, int] = {}
+        self._unreachable: set[str] = set()
         cfg.workdir.mkdir(parents=True, exist_ok=True)
 
     def stop(self) -> None:
@@ -111,6 +116,11 @@ class Reducer:
             self.log.info("job already finished", phase=rec.phase)
             return rec.phase
         last = self._recover()
+        if rec.phase == FAILED:
+            # Started again after a failure (e.g. the train code was fixed): the
+            # failed round gets a fresh retry budget.
+            self._retry_floor[last + 1] = self._attempt_number(last + 1) - 1
+            self.event("JobRestarted", f"restarting the failed job at round {last + 1}")
         if rec.started_at is None:
             self.state.update_job(self.name, started_at=time.time())
         self.state.update_job(self.name, phase=RUNNING, message="")
@@ -147,7 +157,7 @@ class Reducer:
         rounds = self.state.get_rounds(self.name)
         for r in rounds:
             if r.status == ATTEMPT_RUNNING:
-                self.state.fail_attempt(self.name, r.round, r.attempt, "reducer restarted")
+                self.state.fail_attempt(self.name, r.round, r.attempt, RESTARTED)
                 self.event(
                     "AttemptAbandoned",
                     f"round {r.round} attempt {r.attempt} was interrupted by a reducer restart",
@@ -196,7 +206,17 @@ class Reducer:
         tmp = self.cfg.workdir / "seed.safetensors"
         if m.init_fn:
             fn = load_callable(m.init_fn)
-            save_model(tmp, fn(), {"round": "0"})
+            try:
+                tensors = fn()
+            except Exception as exc:
+                raise RoundFailed(f"spec.model.initFn {m.init_fn} failed: {exc!r}") from exc
+            try:
+                save_model(tmp, tensors, {"round": "0"})
+            except (ModelFileError, AttributeError, TypeError) as exc:
+                raise RoundFailed(
+                    f"spec.model.initFn {m.init_fn} must return a mapping of name -> numpy "
+                    f"array: {exc}"
+                ) from None
         elif m.init_command:
             try:
                 subprocess.run(
@@ -250,8 +270,21 @@ class Reducer:
                 st = stub.Status(pb.StatusRequest(), metadata=self._md, timeout=5)
                 out[name] = st.connected
             except grpc.RpcError as exc:
-                self.log.warning("combiner unreachable", combiner=name, error=exc.details())
+                if exc.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ):
+                    raise RoundFailed(
+                        f"combiner {name} refused the reducer: {exc.details()}"
+                    ) from None
+                if name not in self._unreachable:  # say it once, not every poll
+                    self.log.warning("combiner unreachable", combiner=name, error=exc.details())
+                    self._unreachable.add(name)
                 out[name] = 0
+            else:
+                if name in self._unreachable:
+                    self.log.info("combiner reachable again", combiner=name)
+                    self._unreachable.discard(name)
         return out
 
     def _wait_for_clients(self, want: int, need: int) -> dict[str, int]:
@@ -274,11 +307,23 @@ class Reducer:
             (x.attempt for x in self.state.get_rounds(self.name) if x.round == r), default=0
         )
 
+    def _failed_attempts(self, r: int) -> int:
+        """Failed attempts of round r that count against retry.maxAttempts: not the
+        ones a reducer restart interrupted, nor those before a restart of a Failed job."""
+        floor = self._retry_floor.get(r, 0)
+        return sum(
+            1
+            for x in self.state.get_rounds(self.name)
+            if x.round == r
+            and x.status == ATTEMPT_FAILED
+            and x.reason != RESTARTED
+            and x.attempt > floor
+        )
+
     def _train_round(self, r: int) -> None:
-        for _ in range(self.spec.retry.max_attempts):
+        limit = self.spec.retry.max_attempts
+        while self._failed_attempts(r) < limit:
             attempt = self._attempt_number(r)
-            if attempt > self.spec.retry.max_attempts:
-                break
             try:
                 self._train_attempt(r, attempt)
                 return
@@ -294,7 +339,7 @@ class Reducer:
                 self.log.warning("attempt failed", round=r, attempt=attempt, error=str(exc))
                 if self._stop.is_set():
                     raise
-        raise RoundFailed(f"round {r} failed after {self.spec.retry.max_attempts} attempts")
+        raise RoundFailed(f"round {r} failed after {limit} attempts (retry.maxAttempts)")
 
     def _run_on_combiners(
         self,

@@ -500,7 +500,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             if plan.kind == pb.TASK_KIND_TRAIN:
                 await self._cpu_call(self._prepare_train, run)
             self._reap()
-            self._assign(run)
+            await self._assign(run)
             log.info(
                 "round started",
                 kind=pb.TaskKind.Name(plan.kind),
@@ -571,37 +571,54 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             self.job.spec.aggregator, run.template, spill_dir=run.workdir / "spill"
         )
 
-    def _assign(self, run: RoundRun) -> None:
+    async def _assign(self, run: RoundRun) -> None:
+        """Select clients, then build their tasks (store calls, off the event loop)
+        and push them on the clients' streams."""
         plan = run.plan
         idle = [c.client_id for c in self.clients.values() if c.busy is None]
         seed = derive_seed(plan.seed, plan.round, plan.attempt, plan.kind, self.name)
-        chosen = select_clients(idle, plan.quota, seed)
-        deadline_ms = plan.deadline_unix_ms
-        for cid in chosen:
-            c = self.clients[cid]
-            task_id = uuid.uuid4().hex
+        chosen = [self.clients[cid] for cid in select_clients(idle, plan.quota, seed)]
+        for c in chosen:  # reserve them before yielding to the loop
+            a = Assignment(uuid.uuid4().hex, c.client_id)
+            run.assignments[a.task_id] = a
+            run.by_client[c.client_id] = a.task_id
+            c.busy = a.task_id
+        tasks = await self._cpu_call(self._make_tasks, run)
+        for task in tasks:
+            c_now = self.clients.get(run.assignments[task.task_id].client_id)
+            if c_now is not None and c_now.busy == task.task_id:
+                c_now.queue.put_nowait(task)
+            else:  # it went away while the task was being prepared
+                a = run.assignments[task.task_id]
+                if a.status == PENDING:
+                    run.settle(a, FAILED, "client disconnected")
+
+    def _make_tasks(self, run: RoundRun) -> list[pb.Task]:
+        plan = run.plan
+        # Presigned URLs live as long as the attempt (plus a margin), no longer.
+        ttl = int(max(60.0, plan.deadline_unix_ms / 1000 - time.time() + 300))
+        model = self._transfer(plan.model_key, put=False, ttl=ttl)
+        tasks = []
+        for a in list(run.assignments.values()):
             task = pb.Task(
-                task_id=task_id,
+                task_id=a.task_id,
                 kind=plan.kind,
                 job=plan.job,
                 round=plan.round,
                 attempt=plan.attempt,
                 config_json=plan.config_json,
-                deadline_unix_ms=deadline_ms,
+                deadline_unix_ms=plan.deadline_unix_ms,
                 max_bytes=plan.max_bytes,
             )
-            task.model.CopyFrom(self._transfer(plan.model_key, put=False))
+            task.model.CopyFrom(model)
             if plan.kind == pb.TASK_KIND_TRAIN:
-                key = update_key(plan.job, plan.round, plan.attempt, cid)
+                key = update_key(plan.job, plan.round, plan.attempt, a.client_id)
                 self.store.delete(key)  # a stale file from a crashed attempt must not count
-                task.upload.CopyFrom(self._transfer(key, put=True))
-            run.assignments[task_id] = Assignment(task_id, cid)
-            run.by_client[cid] = task_id
-            c.busy = task_id
-            c.queue.put_nowait(task)
+                task.upload.CopyFrom(self._transfer(key, put=True, ttl=ttl))
+            tasks.append(task)
+        return tasks
 
-    def _transfer(self, key: str, *, put: bool) -> pb.Transfer:
-        ttl = 3600
+    def _transfer(self, key: str, *, put: bool, ttl: int) -> pb.Transfer:
         ref = self.store.presign_put(key, ttl) if put else self.store.presign_get(key, ttl)
         if self.store.local_path(key) is not None:
             return pb.Transfer(path=ref)

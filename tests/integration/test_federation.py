@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from fedkube.model import load_model
 from fedkube.state import ATTEMPT_COMPLETED, ATTEMPT_FAILED, SUCCEEDED
@@ -275,3 +276,30 @@ def test_combiner_restart_costs_a_retry_not_the_job(tmp_path):
             for e in fed.state.list_events(fed.name)
         )
         np.testing.assert_allclose(final_model(fed, 3)["w"], expected_w(3, [0, 1, 2, 3]), atol=1e-6)
+
+
+def test_failed_job_restarted_after_fix_gets_fresh_retries(tmp_path):
+    manifest = toy_manifest(
+        rounds=2,
+        clients=2,
+        combiners=1,
+        min_updates=2,
+        config={"crash": {"client-0": "raise"}},
+        retry={"maxAttempts": 2},
+    )
+    job = write_job(tmp_path / "job", manifest)
+    with Federation(job, tmp_path / "wd") as fed:
+        fed.start()
+        assert fed.wait_reducer() == 1  # every attempt of round 1 lacks quorum
+        rec = fed.state.get_job(fed.name)
+        assert rec.phase == "Failed" and "retry.maxAttempts" in rec.message
+        r1 = [r for r in fed.state.get_rounds(fed.name) if r.round == 1]
+        assert [r.status for r in r1] == [ATTEMPT_FAILED, ATTEMPT_FAILED]
+        # "Fix the training code" (the train config comes from the reducer's spec).
+        manifest["spec"]["train"]["config"] = {}
+        fed.job_yaml.write_text(yaml.safe_dump(manifest, sort_keys=False))
+        fed.restart_reducer()
+        assert fed.wait_reducer() == 0, fed.log("reducer")
+        assert [r.round for r in committed(fed)] == [1, 2]
+        assert committed(fed)[0].attempt == 3
+        assert fed.state.get_job(fed.name).phase == SUCCEEDED
