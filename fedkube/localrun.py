@@ -99,6 +99,9 @@ class LocalFederation:
             [str(self.job_dir), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
         )
         env["PYTHONUNBUFFERED"] = "1"
+        # The job directory is on PYTHONPATH explicitly; the current directory must
+        # not be (a folder there could shadow a standard-library module).
+        env["PYTHONSAFEPATH"] = "1"
         env[CLIENT_TOKEN_ENV] = self.client_token
         env[REDUCER_TOKEN_ENV] = self.reducer_token
         return env
@@ -106,7 +109,16 @@ class LocalFederation:
     def _spawn(self, role: str, name: str, args: list[str]) -> Proc:
         log = self.workdir / "logs" / f"{name}.log"
         fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "fedkube", role, *args, "--log-level", self.opts.log_level]
+        cmd = [
+            sys.executable,
+            "-P",
+            "-m",
+            "fedkube",
+            role,
+            *args,
+            "--log-level",
+            self.opts.log_level,
+        ]
         popen = subprocess.Popen(
             cmd,
             stdout=fh,

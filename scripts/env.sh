@@ -3,6 +3,11 @@
 # $FEDKUBE_EXTRAS. The venv lives outside the repo, so it (and the large
 # PyTorch download) is reused by every checkout and CI run on this machine.
 set -euo pipefail
+# The repository has a top-level folder named operator/ (mapped to
+# fedkube.operator). Python must never put the repository root on sys.path by
+# itself (as `python -m ...` does with the current directory), or that folder
+# would shadow the standard library's operator module.
+export PYTHONSAFEPATH=1
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FEDKUBE_VENV="${FEDKUBE_VENV:-$HOME/.cache/fedkube/venv}"

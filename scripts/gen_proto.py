@@ -22,6 +22,7 @@ OUTPUTS = ("fedkube_pb2.py", "fedkube_pb2.pyi", "fedkube_pb2_grpc.py")
 def generate(out_root: Path) -> None:
     cmd = [
         sys.executable,
+        "-P",  # never the repo root on sys.path: operator/ would shadow the stdlib
         "-m",
         "grpc_tools.protoc",
         f"-I{ROOT}",

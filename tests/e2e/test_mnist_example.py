@@ -25,7 +25,7 @@ EXAMPLE = ROOT / "examples" / "mnist"
 
 def fedkube(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fedkube", *args],
+        [sys.executable, "-P", "-m", "fedkube", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

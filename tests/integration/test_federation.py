@@ -45,7 +45,7 @@ def test_fedkube_run_cli_end_to_end(tmp_path):
     job = write_job(tmp_path / "job", toy_manifest(rounds=3, clients=4, combiners=2))
     wd = tmp_path / "wd"
     proc = subprocess.run(
-        [sys.executable, "-m", "fedkube", "run", str(job), "--workdir", str(wd)],
+        [sys.executable, "-P", "-m", "fedkube", "run", str(job), "--workdir", str(wd)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -53,7 +53,18 @@ def test_fedkube_run_cli_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3/3" in proc.stdout and "Succeeded" in proc.stdout
     st = subprocess.run(
-        [sys.executable, "-m", "fedkube", "status", "toy", "--workdir", str(wd), "-o", "json"],
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "fedkube",
+            "status",
+            "toy",
+            "--workdir",
+            str(wd),
+            "-o",
+            "json",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -70,6 +81,7 @@ def test_fedkube_run_cli_end_to_end(tmp_path):
     pull = subprocess.run(
         [
             sys.executable,
+            "-P",
             "-m",
             "fedkube",
             "models",
@@ -89,7 +101,7 @@ def test_fedkube_run_cli_end_to_end(tmp_path):
     assert load_model(out)["count"].tolist() == [3]
     # A second run reports the finished job instead of training again.
     again = subprocess.run(
-        [sys.executable, "-m", "fedkube", "run", str(job), "--workdir", str(wd), "-q"],
+        [sys.executable, "-P", "-m", "fedkube", "run", str(job), "--workdir", str(wd), "-q"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -346,7 +346,7 @@ def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "COLUMNS": "300",
     }
     return subprocess.run(
-        [sys.executable, "-m", "fedkube", *args],
+        [sys.executable, "-P", "-m", "fedkube", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -393,7 +393,7 @@ def test_cli_run_rejects_an_invalid_job_before_starting_anything(tmp_path: Path)
     bad.write_text(yaml.safe_dump(manifest(clients={"perRound": 2, "minUpdates": 5})))
     workdir = tmp_path / "work"
     proc = subprocess.run(
-        [sys.executable, "-m", "fedkube", "run", str(bad), "--workdir", str(workdir)],
+        [sys.executable, "-P", "-m", "fedkube", "run", str(bad), "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         timeout=120,
