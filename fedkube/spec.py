@@ -173,6 +173,14 @@ class SimulationSpec(_Model):
     )
 
 
+class ClientServiceSpec(_Model):
+    """How clients outside the job reach the combiners (Kubernetes only)."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    node_port: int | None = Field(default=None, ge=30000, le=32767)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
 class ClientsSpec(_Model):
     per_round: int = Field(default=2, ge=1, description="Clients selected per round (total).")
     min_updates: int = Field(
@@ -186,6 +194,7 @@ class ClientsSpec(_Model):
     )
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     simulation: SimulationSpec = Field(default_factory=SimulationSpec)
+    service: ClientServiceSpec = Field(default_factory=ClientServiceSpec)
 
     @model_validator(mode="after")
     def _quorum(self) -> ClientsSpec:
@@ -198,7 +207,17 @@ class ClientsSpec(_Model):
 
 
 class CombinersSpec(_Model):
-    replicas: int = Field(default=1, ge=1, le=256)
+    replicas: int = Field(default=1, ge=1, le=256, description="Number of combiners.")
+    port: int = Field(default=7070, ge=1, le=65535, description="gRPC port of each combiner.")
+    resources: dict[str, Any] = Field(
+        default_factory=dict, description="Kubernetes ResourceRequirements of a combiner pod."
+    )
+
+
+class ReducerSpec(_Model):
+    resources: dict[str, Any] = Field(
+        default_factory=dict, description="Kubernetes ResourceRequirements of the reducer pod."
+    )
 
 
 class FedAvgAggregator(_Model):
@@ -323,6 +342,11 @@ class JobSpec(_Model):
     train: TrainSpec = Field(default_factory=TrainSpec)
     clients: ClientsSpec = Field(default_factory=ClientsSpec)
     combiners: CombinersSpec = Field(default_factory=CombinersSpec)
+    reducer: ReducerSpec = Field(default_factory=ReducerSpec)
+    image: str | None = Field(
+        default=None, description="Container image of the reducer and combiners (Kubernetes)."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     aggregator: AggregatorSpec = Field(default_factory=FedAvgAggregator)
     server_optimizer: ServerOptimizerSpec = Field(default_factory=FedAvgOptimizer)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Build the Kubernetes test environment's binaries with this machine's Go,
+# from the Go module proxy, into a cache outside the repository:
+#   etcd, kube-apiserver, kube-controller-manager, kubectl, helm
+# Idempotent: binaries already built for these versions are kept. The first
+# build takes several minutes on 2 cores; later runs take a second.
+#
+#   bash scripts/build_k8s.sh            # build what is missing, print the bin dir
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.34.4}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+CACHE="${FEDKUBE_CACHE:-$HOME/.cache/fedkube}"
+BIN="$CACHE/k8s/$K8S_VERSION/bin"
+BUILD="$CACHE/k8s/$K8S_VERSION/build"
+mkdir -p "$BIN" "$BUILD"
+
+command -v go >/dev/null || { echo "build_k8s: Go is not installed (needed to build the Kubernetes test environment)" >&2; exit 1; }
+export GOFLAGS="${GOFLAGS:-} -trimpath"
+export CGO_ENABLED=0
+
+have() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2" ]; }
+mark() { echo "$2" > "$BIN/.$1.version"; }
+
+# kube-apiserver, kube-controller-manager, kubectl: a module that requires
+# k8s.io/kubernetes and replaces every staging module with its published twin.
+k8s_targets=()
+for t in kube-apiserver kube-controller-manager kubectl; do
+  have "$t" "$K8S_VERSION" || k8s_targets+=("$t")
+done
+if [ "${#k8s_targets[@]}" -gt 0 ]; then
+  echo "==> building ${k8s_targets[*]} $K8S_VERSION (slow the first time)"
+  mod="$BUILD/kubernetes"
+  mkdir -p "$mod"
+  cd "$mod"
+  gomod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  staging="$(awk '/^replace \(/{f=1;next} f&&/^\)/{f=0} f&&$1 ~ /^k8s.io\//{print $1}' "$gomod")"
+  minor="v0.${K8S_VERSION#v1.}"
+  {
+    echo "module fedkube.local/k8s-build"
+    echo
+    echo "go 1.24.0"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    echo "replace ("
+    for m in $staging; do echo "	$m => $m $minor"; done
+    echo ")"
+  } > go.mod
+  cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  go mod tidy
+  for t in "${k8s_targets[@]}"; do
+    echo "    go build $t"
+    go build -o "$BIN/$t" "k8s.io/kubernetes/cmd/$t"
+    mark "$t" "$K8S_VERSION"
+  done
+fi
+
+if ! have etcd "$ETCD_VERSION"; then
+  echo "==> building etcd $ETCD_VERSION"
+  mod="$BUILD/etcd"
+  mkdir -p "$mod"
+  cd "$mod"
+  printf 'module fedkube.local/etcd-build\n\ngo 1.24.0\n' > go.mod
+  cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+  go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  go mod tidy
+  go build -o "$BIN/etcd" go.etcd.io/etcd/server/v3
+  mark etcd "$ETCD_VERSION"
+fi
+
+if ! have helm "$HELM_VERSION"; then
+  echo "==> building helm $HELM_VERSION"
+  GOBIN="$BIN" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mark helm "$HELM_VERSION"
+fi
+
+echo "$BIN"
