@@ -67,12 +67,16 @@ class ReducerConfig:
     job: FederatedJob
     store: ObjectStore
     state: StateStore
-    combiners: dict[str, str]  # name -> host:port
+    combiners: dict[str, str]  # name -> host:port (fixed set)
     reducer_token: str
     workdir: Path
     job_dir: Path = Path(".")
     tls: ClientTLS | None = None
     poll_seconds: float = 0.5
+    # "NAME=HOST:PORT" with {i} for the combiner index (e.g. a StatefulSet's pods):
+    # the number of combiners is spec.combiners.replicas of the job record, read
+    # again before every round, so scaling the job adds or removes combiners.
+    combiner_template: str | None = None
 
 
 class Reducer:
@@ -85,8 +89,10 @@ class Reducer:
         self.state = cfg.state
         self.log = get_logger("reducer", job=self.name)
         self._stop = threading.Event()
-        self._channels = {n: open_channel(a, cfg.tls) for n, a in cfg.combiners.items()}
-        self._control = {n: pb_grpc.CombinerControlStub(c) for n, c in self._channels.items()}
+        self._channels: dict[str, grpc.Channel] = {}
+        self._control: dict[str, pb_grpc.CombinerControlStub] = {}
+        self._addresses: dict[str, str] = {}
+        self._set_combiners(dict(cfg.combiners))
         self._md = bearer(cfg.reducer_token)
         self._retry_floor: dict[int, int] = {}
         self._unreachable: set[str] = set()
@@ -94,6 +100,30 @@ class Reducer:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _set_combiners(self, wanted: dict[str, str]) -> None:
+        for name in list(self._addresses):
+            if wanted.get(name) != self._addresses[name]:
+                self._channels.pop(name).close()
+                del self._control[name], self._addresses[name]
+        for name, addr in wanted.items():
+            if name not in self._addresses:
+                self._channels[name] = open_channel(addr, self.cfg.tls)
+                self._control[name] = pb_grpc.CombinerControlStub(self._channels[name])
+                self._addresses[name] = addr
+
+    def refresh_combiners(self) -> None:
+        """With a combiner template, follow spec.combiners.replicas of the job record."""
+        tpl = self.cfg.combiner_template
+        if not tpl:
+            return
+        rec = self.state.get_job(self.name)
+        spec = (rec.manifest if rec else {}).get("spec", {})
+        replicas = int(spec.get("combiners", {}).get("replicas", self.spec.combiners.replicas))
+        wanted = expand_template(tpl, replicas)
+        if wanted != self._addresses:
+            self.log.info("combiners changed", combiners=sorted(wanted))
+            self._set_combiners(wanted)
 
     def close(self) -> None:
         for ch in self._channels.values():
@@ -264,6 +294,7 @@ class Reducer:
     # ------------------------------------------------------------ one round
 
     def _statuses(self) -> dict[str, int]:
+        self.refresh_combiners()
         out: dict[str, int] = {}
         for name, stub in self._control.items():
             try:
@@ -614,20 +645,60 @@ class Reducer:
         self.log.info("round validated", round=r, reports=reports, metrics=metrics)
 
 
-def run_reducer(cfg: ReducerConfig) -> str:
-    reducer = Reducer(cfg)
+def _state_answers(state: StateStore, name: str) -> bool:
+    state.get_job(name)  # raises when the state store is unreachable
+    return True
+
+
+def expand_template(template: str, replicas: int) -> dict[str, str]:
+    """'c-{i}=c-{i}.svc:7070' with 2 replicas -> {'c-0': 'c-0.svc:7070', 'c-1': ...}."""
+    name, sep, addr = template.partition("=")
+    if not sep or "{i}" not in name or ":" not in addr:
+        raise ValueError(f"combiner template {template!r}: expected NAME-{{i}}=HOST-{{i}}:PORT")
+    return {
+        name.replace("{i}", str(i)): addr.replace("{i}", str(i)) for i in range(max(0, replicas))
+    }
+
+
+def run_reducer(cfg: ReducerConfig, *, health_port: int | None = None, linger: bool = False) -> str:
+    """Run the job; with `health_port`, serve /healthz and /status meanwhile; with
+    `linger`, keep serving after the job finished until SIGTERM (a Deployment's
+    pod should not exit and be restarted in a loop)."""
     import signal
+
+    from fedkube.combiner.health import HealthServer
+    from fedkube.report import job_status
+
+    reducer = Reducer(cfg)
+    stopped = threading.Event()
 
     def _term(signum: int, frame: Any) -> None:
         reducer.stop()
+        stopped.set()
         raise SystemExit(143)
 
     signal.signal(signal.SIGTERM, _term)
+    health = None
+    if health_port is not None:
+        health = HealthServer(
+            "0.0.0.0",
+            health_port,
+            healthy=lambda: _state_answers(cfg.state, cfg.job.name),
+            status=lambda: job_status(cfg.state, cfg.job.name),
+        ).start()
+        reducer.log.info("health endpoint listening", port=health.port)
     try:
-        return reducer.run()
-    except TaskError as exc:
-        reducer.log.error("job failed", error=str(exc))
-        cfg.state.update_job(cfg.job.name, phase=FAILED, message=str(exc))
-        return FAILED
+        try:
+            phase = reducer.run()
+        except TaskError as exc:
+            reducer.log.error("job failed", error=str(exc))
+            cfg.state.update_job(cfg.job.name, phase=FAILED, message=str(exc))
+            phase = FAILED
+        if linger:
+            reducer.log.info("job finished; lingering until terminated", phase=phase)
+            stopped.wait()
+        return phase
     finally:
         reducer.close()
+        if health is not None:
+            health.close()

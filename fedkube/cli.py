@@ -363,9 +363,30 @@ def combiner(
 def reducer(
     job_file: JobFileOpt,
     combiner: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option("--combiner", "-c", help="A combiner as NAME=HOST:PORT; repeat for each."),
-    ],
+    ] = None,
+    combiner_template: Annotated[
+        str | None,
+        typer.Option(
+            "--combiner-template",
+            help="Combiners as NAME=HOST:PORT with {i} for the index, e.g. "
+            "'mnist-combiner-{i}=mnist-combiner-{i}.mnist-combiner:7070'; their number is "
+            "spec.combiners.replicas of the job record, re-read before every round.",
+        ),
+    ] = None,
+    health_port: Annotated[
+        int | None,
+        typer.Option("--health-port", help="Serve GET /healthz and /status (JSON) on this port."),
+    ] = None,
+    linger: Annotated[
+        bool,
+        typer.Option(
+            "--linger",
+            help="After the job finished, keep running (and serving health) until "
+            "terminated instead of exiting; for Deployments.",
+        ),
+    ] = False,
     store: StoreOpt = None,
     state: StateOpt = None,
     workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
@@ -395,7 +416,13 @@ def reducer(
     try:
         job = _load(job_file)
         combiners: dict[str, str] = {}
-        for c in combiner:
+        if not combiner and not combiner_template:
+            raise ValueError("name the combiners: --combiner NAME=HOST:PORT or --combiner-template")
+        if combiner_template:
+            from fedkube.combiner.reducer import expand_template
+
+            expand_template(combiner_template, 1)  # validates the form
+        for c in combiner or []:
             n, sep, addr = c.partition("=")
             if not sep or not n or ":" not in addr:
                 raise ValueError(f"--combiner {c!r}: expected NAME=HOST:PORT")
@@ -410,11 +437,12 @@ def reducer(
             workdir=wd,
             job_dir=(job_dir or job_file.parent).resolve(),
             tls=client_tls(tls_ca, tls_cert, tls_key, force=tls),
+            combiner_template=combiner_template,
         )
     except (FedkubeError, ValueError) as exc:
         raise _fail(exc) from None
     sys.path.insert(0, str((job_dir or job_file.parent).resolve()))
-    raise typer.Exit(phase_exit_code(run_reducer(cfg)))
+    raise typer.Exit(phase_exit_code(run_reducer(cfg, health_port=health_port, linger=linger)))
 
 
 @app.command()

@@ -245,7 +245,9 @@ class LocalFederation:
     def _job_args(self, job_yaml: Path) -> list[str]:
         return ["--job", str(job_yaml), "--job-dir", str(self.job_dir)]
 
-    def start_combiner(self, job_yaml: Path, run_dir: Path, name: str, port: int = 0) -> Proc:
+    def start_combiner(
+        self, job_yaml: Path, run_dir: Path, name: str, port: int = 0, host: str = "127.0.0.1"
+    ) -> Proc:
         """Start one combiner (port 0: any free port, reported through a port file)."""
         pf = run_dir / f"{name}.port"
         pf.unlink(missing_ok=True)
@@ -257,7 +259,7 @@ class LocalFederation:
                 "--name",
                 name,
                 "--listen",
-                f"127.0.0.1:{port}",
+                f"{host}:{port}",
                 "--port-file",
                 str(pf),
                 "--workdir",
@@ -265,10 +267,10 @@ class LocalFederation:
             ],
         )
 
-    def wait_combiner(self, proc: Proc, run_dir: Path) -> str:
+    def wait_combiner(self, proc: Proc, run_dir: Path, host: str = "127.0.0.1") -> str:
         """Wait until a combiner listens; record and return its address."""
         port = self._wait_port(proc, run_dir / f"{proc.name}.port")
-        self.combiners[proc.name] = f"127.0.0.1:{port}"
+        self.combiners[proc.name] = f"{host}:{port}"
         return self.combiners[proc.name]
 
     def start_combiners(self, job_yaml: Path, run_dir: Path) -> dict[str, str]:
