@@ -11,6 +11,7 @@ committed round, and a round is never committed twice.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -681,7 +682,7 @@ def run_reducer(cfg: ReducerConfig, *, health_port: int | None = None, linger: b
     health = None
     if health_port is not None:
         health = HealthServer(
-            "0.0.0.0",
+            os.environ.get("FEDKUBE_BIND_HOST", "0.0.0.0"),
             health_port,
             healthy=lambda: _state_answers(cfg.state, cfg.job.name),
             status=lambda: job_status(cfg.state, cfg.job.name),

@@ -571,5 +571,73 @@ def client(
         rt.stop()
 
 
+@app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace", "-n", help="Namespace to serve FederatedJobs in; repeat for several."
+        ),
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Serve FederatedJobs cluster-wide.")
+    ] = False,
+    kubeconfig: Annotated[
+        str | None,
+        typer.Option(
+            "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else in-cluster)."
+        ),
+    ] = None,
+    default_image: Annotated[
+        str,
+        typer.Option(
+            "--default-image", help="Image of reducer and combiners when spec.image is unset."
+        ),
+    ] = "ghcr.io/fedkube/fedkube:0.1.0",
+    image_pull_policy: Annotated[
+        str | None,
+        typer.Option("--image-pull-policy", help="Always, IfNotPresent or Never (default: unset)."),
+    ] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            help="One state store URI for every job, instead of each job's "
+            "spec.stateStore.mongodb.uriSecret (single-tenant installs, tests).",
+        ),
+    ] = None,
+    liveness_port: Annotated[
+        int, typer.Option("--liveness-port", help="Serve GET /healthz here (0: off).")
+    ] = 8080,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Run the Kubernetes operator: reconcile FederatedJobs into a reducer Deployment, a
+    combiner StatefulSet, Services, a ConfigMap and token Secrets; keep their status in
+    sync with the state store."""
+    try:
+        from fedkube.operator.builders import OperatorSettings
+        from fedkube.operator.main import run_operator
+    except ImportError as exc:
+        raise _fail(
+            RuntimeError(
+                f"the operator needs the operator extra (pip install 'fedkube[operator]'): {exc}"
+            )
+        ) from None
+    if not namespace and not all_namespaces:
+        raise _fail(ValueError("pass --namespace NS (repeatable) or --all-namespaces"))
+    settings = OperatorSettings(
+        default_image=default_image, log_level=log_level, image_pull_policy=image_pull_policy
+    )
+    run_operator(
+        namespaces=namespace or [],
+        all_namespaces=all_namespaces,
+        settings=settings,
+        kubeconfig=kubeconfig,
+        state_override=state,
+        liveness_port=liveness_port or None,
+        verbose=log_level == "debug",
+    )
+
+
 def main() -> None:
     app()

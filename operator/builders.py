@@ -1,0 +1,763 @@
+"""Pure builders: a FederatedJob in, the manifests of its children out.
+
+No Kubernetes client and no kopf here: every function takes the job (a
+``fedkube.spec.FederatedJob``), its namespace and uid and the operator's
+settings, and returns plain dicts ready for server-side apply. The kopf
+handlers stay thin: they read, call these, apply, and patch the status that
+``status_from`` computes.
+
+Children, in apply order (``build_children``):
+
+1. ConfigMap ``<job>-job``: ``job.yaml``, the manifest the pods read.
+2. Secret ``<job>-tokens``: ``client-token`` and ``reducer-token``.
+3. Service ``<job>-reducer``: port 8080 ``http`` (``/healthz``, ``/status``).
+4. headless Service ``<job>-combiner``: DNS for each combiner pod, ready or not.
+5. Service ``<job>-clients``: where clients connect (ClusterIP, NodePort or
+   LoadBalancer by ``spec.clients.service``).
+6. StatefulSet ``<job>-combiner``: ``spec.combiners.replicas`` pods (0 when
+   suspended) named ``<job>-combiner-<i>``.
+7. Deployment ``<job>-reducer``: one pod, ``Recreate``, always running (a
+   suspended job pauses its round loop through the state store and the
+   reducer keeps reporting).
+
+Pods roll when the job's configuration changes: their templates carry the
+annotation ``fedkube.dev/config-hash`` (see ``config_hash`` for what it covers).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import yaml
+
+from fedkube.operator import names
+from fedkube.spec import API_VERSION, KIND, FederatedJob
+
+# Where the pods find things.
+JOB_MOUNT: Final = "/etc/fedkube"
+JOB_FILE_KEY: Final = "job.yaml"
+JOB_FILE: Final = f"{JOB_MOUNT}/{JOB_FILE_KEY}"
+WORKDIR: Final = "/var/lib/fedkube"
+TMPDIR: Final = "/tmp"  # the store writes temporary files here; the root FS is read-only
+
+REDUCER_HEALTH_PORT: Final = 8080
+CLIENT_TOKEN_KEY: Final = "client-token"
+REDUCER_TOKEN_KEY: Final = "reducer-token"
+CLIENT_TOKEN_ENV: Final = "FEDKUBE_CLIENT_TOKEN"  # = fedkube.rpc.CLIENT_TOKEN_ENV
+REDUCER_TOKEN_ENV: Final = "FEDKUBE_REDUCER_TOKEN"  # = fedkube.rpc.REDUCER_TOKEN_ENV
+S3_CREDENTIAL_KEYS: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+MONGODB_URI_KEY: Final = "uri"
+CONFIG_HASH_ANNOTATION: Final = "fedkube.dev/config-hash"
+TERMINATION_GRACE_SECONDS: Final = 30
+
+# Manifest fields (camelCase paths under spec) that the reducer and combiner
+# processes do not take from job.yaml at start-up, so a change to one of them
+# must not restart every pod: the processes follow replicas and suspend live
+# through the job record in the state store, and the operator alone acts on the
+# others (Services, TTL, pod templates, which roll by themselves when they change).
+NOT_IN_CONFIG_HASH: Final[tuple[tuple[str, ...], ...]] = (
+    ("combiners", "replicas"),
+    ("suspend",),
+    ("ttlSecondsAfterFinished",),
+    ("clients", "service"),
+    ("combiners", "resources"),
+    ("reducer", "resources"),
+    ("image",),
+    ("imagePullPolicy",),
+)
+
+
+class BuildError(ValueError):
+    """The job cannot run on Kubernetes as specified; the message names the field."""
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    default_image: str = "ghcr.io/fedkube/fedkube:0.1.0"
+    log_level: str = "info"
+    image_pull_policy: str | None = None
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The bearer tokens of a job: generated once by the operator, kept in the Secret."""
+
+    client: str
+    reducer: str
+
+
+# ---------------------------------------------------------------- shared pieces
+
+
+def owner_reference(job: str, uid: str) -> dict[str, Any]:
+    """The FederatedJob as the controlling owner (garbage collection deletes the child)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(
+    name: str,
+    job: FederatedJob,
+    namespace: str,
+    uid: str,
+    component: str,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    if not uid:
+        raise BuildError(f"FederatedJob {job.name!r} has no metadata.uid (needed as the owner)")
+    if not namespace:
+        raise BuildError(f"FederatedJob {job.name!r}: no namespace given")
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": names.labels(job.name, component),
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    meta["ownerReferences"] = [owner_reference(job.name, uid)]
+    return meta
+
+
+def check_runnable(job: FederatedJob) -> None:
+    """Raise BuildError unless the job has what pods on Kubernetes need.
+
+    Pods share no directory, so the models must live in S3 and the state in
+    MongoDB; and the pods read their credentials from Secrets, so those must
+    be named (the S3 store and the MongoDB state store refuse to start
+    without them).
+    """
+    spec = job.spec
+    s3 = spec.storage.s3
+    if s3 is None:
+        raise BuildError(
+            "spec.storage.s3 is required on Kubernetes (pods share no local directory)"
+        )
+    if not s3.credentials_secret:
+        raise BuildError(
+            "spec.storage.s3.credentialsSecret is required on Kubernetes: the pods read "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from that Secret"
+        )
+    mongo = spec.state_store.mongodb
+    if mongo is None:
+        raise BuildError(
+            "spec.stateStore.mongodb is required on Kubernetes (pods share no local directory)"
+        )
+    if not mongo.uri_secret:
+        raise BuildError(
+            "spec.stateStore.mongodb.uriSecret is required on Kubernetes: the pods read the "
+            f"MongoDB URI from that Secret's key {MONGODB_URI_KEY!r} into ${mongo.uri_env}"
+        )
+    svc = spec.clients.service
+    if svc.node_port is not None and svc.type == "ClusterIP":
+        raise BuildError(
+            "spec.clients.service.nodePort needs spec.clients.service.type NodePort or "
+            "LoadBalancer (it is ClusterIP)"
+        )
+
+
+def job_manifest(job: FederatedJob, namespace: str) -> dict[str, Any]:
+    """The job as the pods (and the state store's job record) see it.
+
+    metadata is reduced to name and namespace: uid, resourceVersion,
+    managedFields, labels and annotations (kubectl's and kopf's included)
+    change without the job changing and would otherwise roll the pods.
+    """
+    manifest = job.to_manifest()
+    manifest["metadata"] = {"name": job.name, "namespace": namespace}
+    return manifest
+
+
+def _job_yaml(job: FederatedJob, namespace: str) -> str:
+    return yaml.safe_dump(job_manifest(job, namespace), sort_keys=True)
+
+
+def config_hash(job: FederatedJob, namespace: str) -> str:
+    """sha256 of the job configuration the pods start with (the ConfigMap's job.yaml
+    without the fields in NOT_IN_CONFIG_HASH).
+
+    It changes exactly when a pod would start differently, so a spec change rolls
+    the pods while ``kubectl scale`` or suspend leave the running ones alone.
+    """
+    manifest = job_manifest(job, namespace)
+    spec = manifest.get("spec", {})
+    for path in NOT_IN_CONFIG_HASH:
+        node = spec
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    data = {JOB_FILE_KEY: yaml.safe_dump(manifest, sort_keys=True)}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _image(job: FederatedJob, settings: OperatorSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {"image": job.spec.image or settings.default_image}
+    policy = job.spec.image_pull_policy or settings.image_pull_policy
+    if policy:
+        out["imagePullPolicy"] = policy
+    return out
+
+
+def _secret_env(env: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _store_env(job: FederatedJob) -> list[dict[str, Any]]:
+    """S3 credentials and the MongoDB URI, from the Secrets the spec names."""
+    check_runnable(job)
+    s3 = job.spec.storage.s3
+    mongo = job.spec.state_store.mongodb
+    assert s3 is not None and s3.credentials_secret  # check_runnable
+    assert mongo is not None and mongo.uri_secret
+    env = [_secret_env(k, s3.credentials_secret, k) for k in S3_CREDENTIAL_KEYS]
+    env.append(_secret_env(mongo.uri_env, mongo.uri_secret, MONGODB_URI_KEY))
+    return env
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _volume_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": "job", "mountPath": JOB_MOUNT, "readOnly": True},
+        {"name": "work", "mountPath": WORKDIR},
+        {"name": "tmp", "mountPath": TMPDIR},
+    ]
+
+
+def _pod_spec(job: FederatedJob, container: dict[str, Any]) -> dict[str, Any]:
+    return {
+        # The pods never talk to the Kubernetes API, and a namespace full of
+        # Services would otherwise fill their environment.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        # Fit for the "restricted" Pod Security Standard.
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [
+            {"name": "job", "configMap": {"name": names.config_map(job.name)}},
+            {"name": "work", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+
+
+def _pod_template(
+    job: FederatedJob, namespace: str, component: str, container: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "labels": names.labels(job.name, component),
+            "annotations": {CONFIG_HASH_ANNOTATION: config_hash(job, namespace)},
+        },
+        "spec": _pod_spec(job, container),
+    }
+
+
+# ---------------------------------------------------------------- ConfigMap, Secret
+
+
+def build_config_map(job: FederatedJob, namespace: str, uid: str) -> dict[str, Any]:
+    """ConfigMap ``<job>-job`` with ``job.yaml``, mounted at /etc/fedkube in every pod."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(
+            names.config_map(job.name),
+            job,
+            namespace,
+            uid,
+            names.COMPONENT_CONFIG,
+            {CONFIG_HASH_ANNOTATION: config_hash(job, namespace)},
+        ),
+        "data": {JOB_FILE_KEY: _job_yaml(job, namespace)},
+    }
+
+
+def build_tokens_secret(
+    job: FederatedJob, namespace: str, uid: str, client_token: str, reducer_token: str
+) -> dict[str, Any]:
+    """Secret ``<job>-tokens`` (stringData): the clients' and the reducer's bearer tokens."""
+    for what, token in (("client", client_token), ("reducer", reducer_token)):
+        if not token:
+            raise BuildError(f"FederatedJob {job.name!r}: empty {what} token")
+    if client_token == reducer_token:
+        raise BuildError(
+            f"FederatedJob {job.name!r}: the client and reducer tokens must differ "
+            "(a client could otherwise drive the combiners)"
+        )
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(
+            names.tokens_secret(job.name), job, namespace, uid, names.COMPONENT_TOKENS
+        ),
+        "type": "Opaque",
+        "stringData": {CLIENT_TOKEN_KEY: client_token, REDUCER_TOKEN_KEY: reducer_token},
+    }
+
+
+# ---------------------------------------------------------------- Services
+
+
+def _service_port(name: str, port: int) -> dict[str, Any]:
+    return {"name": name, "port": port, "targetPort": port, "protocol": "TCP"}
+
+
+def build_reducer_service(job: FederatedJob, namespace: str, uid: str) -> dict[str, Any]:
+    """Service ``<job>-reducer``: the reducer's /healthz and /status on port 8080."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(
+            names.reducer_service(job.name), job, namespace, uid, names.COMPONENT_REDUCER
+        ),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": names.selector(job.name, names.COMPONENT_REDUCER),
+            "ports": [_service_port("http", REDUCER_HEALTH_PORT)],
+        },
+    }
+
+
+def build_combiner_headless_service(job: FederatedJob, namespace: str, uid: str) -> dict[str, Any]:
+    """Headless Service ``<job>-combiner``: DNS ``<job>-combiner-<i>.<job>-combiner``
+    for each pod, published before the pod is ready so the reducer can dial it."""
+    port = job.spec.combiners.port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(
+            names.combiner_headless_service(job.name), job, namespace, uid, names.COMPONENT_COMBINER
+        ),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": names.selector(job.name, names.COMPONENT_COMBINER),
+            "ports": [_service_port("grpc", port)],
+        },
+    }
+
+
+def build_clients_service(job: FederatedJob, namespace: str, uid: str) -> dict[str, Any]:
+    """Service ``<job>-clients``: spreads client connections over the ready combiners."""
+    check_runnable(job)
+    svc = job.spec.clients.service
+    port = _service_port("grpc", job.spec.combiners.port)
+    if svc.node_port is not None:
+        port["nodePort"] = svc.node_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(
+            names.clients_service(job.name),
+            job,
+            namespace,
+            uid,
+            names.COMPONENT_COMBINER,
+            svc.annotations,
+        ),
+        "spec": {
+            "type": svc.type,
+            "selector": names.selector(job.name, names.COMPONENT_COMBINER),
+            "ports": [port],
+        },
+    }
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def reducer_command(job: FederatedJob, settings: OperatorSettings) -> list[str]:
+    """The reducer container's command (no args)."""
+    return [
+        "fedkube",
+        "reducer",
+        "--job",
+        JOB_FILE,
+        "--combiner-template",
+        names.combiner_template(job.name, job.spec.combiners.port),
+        "--workdir",
+        WORKDIR,
+        "--health-port",
+        str(REDUCER_HEALTH_PORT),
+        # A finished reducer keeps serving /healthz instead of exiting: a
+        # Deployment would restart an exited pod over and over.
+        "--linger",
+        "--log-level",
+        settings.log_level,
+    ]
+
+
+def combiner_command(job: FederatedJob, settings: OperatorSettings) -> list[str]:
+    """The combiner container's command; Kubernetes expands ``$(POD_NAME)`` from its env."""
+    return [
+        "fedkube",
+        "combiner",
+        "--job",
+        JOB_FILE,
+        "--name",
+        "$(POD_NAME)",
+        "--listen",
+        f"0.0.0.0:{job.spec.combiners.port}",
+        "--workdir",
+        WORKDIR,
+        "--log-level",
+        settings.log_level,
+    ]
+
+
+def build_reducer_deployment(
+    job: FederatedJob, namespace: str, uid: str, settings: OperatorSettings
+) -> dict[str, Any]:
+    """Deployment ``<job>-reducer``: one pod (Recreate: never two round loops at once)."""
+    tokens = names.tokens_secret(job.name)
+    env = [_secret_env(REDUCER_TOKEN_ENV, tokens, REDUCER_TOKEN_KEY), *_store_env(job)]
+    container: dict[str, Any] = {
+        "name": "reducer",
+        **_image(job, settings),
+        "command": reducer_command(job, settings),
+        "env": env,
+        "ports": [{"name": "http", "containerPort": REDUCER_HEALTH_PORT, "protocol": "TCP"}],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": REDUCER_HEALTH_PORT},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz", "port": REDUCER_HEALTH_PORT},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "resources": copy.deepcopy(job.spec.reducer.resources),
+        "securityContext": _container_security(),
+        "volumeMounts": _volume_mounts(),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(
+            names.reducer_deployment(job.name), job, namespace, uid, names.COMPONENT_REDUCER
+        ),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": names.selector(job.name, names.COMPONENT_REDUCER)},
+            "template": _pod_template(job, namespace, names.COMPONENT_REDUCER, container),
+        },
+    }
+
+
+def combiner_replicas(job: FederatedJob) -> int:
+    """The StatefulSet's replicas: spec.combiners.replicas, or 0 while suspended."""
+    return 0 if job.spec.suspend else job.spec.combiners.replicas
+
+
+def build_combiner_statefulset(
+    job: FederatedJob, namespace: str, uid: str, settings: OperatorSettings
+) -> dict[str, Any]:
+    """StatefulSet ``<job>-combiner``: pods ``<job>-combiner-<i>``, started in parallel."""
+    port = job.spec.combiners.port
+    tokens = names.tokens_secret(job.name)
+    env = [
+        {
+            "name": "POD_NAME",
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+        },
+        _secret_env(CLIENT_TOKEN_ENV, tokens, CLIENT_TOKEN_KEY),
+        _secret_env(REDUCER_TOKEN_ENV, tokens, REDUCER_TOKEN_KEY),
+        *_store_env(job),
+    ]
+    container: dict[str, Any] = {
+        "name": "combiner",
+        **_image(job, settings),
+        "command": combiner_command(job, settings),
+        "env": env,
+        "ports": [{"name": "grpc", "containerPort": port, "protocol": "TCP"}],
+        "livenessProbe": {
+            "tcpSocket": {"port": port},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "readinessProbe": {
+            "tcpSocket": {"port": port},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "resources": copy.deepcopy(job.spec.combiners.resources),
+        "securityContext": _container_security(),
+        "volumeMounts": _volume_mounts(),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(
+            names.combiner_statefulset(job.name), job, namespace, uid, names.COMPONENT_COMBINER
+        ),
+        "spec": {
+            "replicas": combiner_replicas(job),
+            "serviceName": names.combiner_headless_service(job.name),
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "selector": {"matchLabels": names.selector(job.name, names.COMPONENT_COMBINER)},
+            "template": _pod_template(job, namespace, names.COMPONENT_COMBINER, container),
+        },
+    }
+
+
+def build_children(
+    job: FederatedJob,
+    namespace: str,
+    uid: str,
+    settings: OperatorSettings,
+    tokens: Tokens | None = None,
+    *,
+    client_token: str | None = None,
+    reducer_token: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every child of the job, in apply order: ConfigMap, Secret, Services, StatefulSet,
+    Deployment (what the pods mount and dial exists before the pods).
+
+    The tokens come as a ``Tokens`` or as ``client_token=`` and ``reducer_token=``.
+    """
+    if tokens is None:
+        tokens = Tokens(client=client_token or "", reducer=reducer_token or "")
+    elif client_token is not None or reducer_token is not None:
+        raise TypeError("pass tokens or client_token/reducer_token, not both")
+    check_runnable(job)
+    return [
+        build_config_map(job, namespace, uid),
+        build_tokens_secret(job, namespace, uid, tokens.client, tokens.reducer),
+        build_reducer_service(job, namespace, uid),
+        build_combiner_headless_service(job, namespace, uid),
+        build_clients_service(job, namespace, uid),
+        build_combiner_statefulset(job, namespace, uid, settings),
+        build_reducer_deployment(job, namespace, uid, settings),
+    ]
+
+
+# ---------------------------------------------------------------- status
+
+PENDING: Final = "Pending"
+RUNNING: Final = "Running"
+SUSPENDED: Final = "Suspended"
+SUCCEEDED: Final = "Succeeded"
+FAILED: Final = "Failed"
+TERMINAL: Final = (SUCCEEDED, FAILED)
+
+CONDITION_TYPES: Final = ("Ready", "Progressing", "Suspended", "Complete", "Failed")
+HEADLINE_METRICS: Final = ("accuracy", "acc", "loss")
+
+
+def rfc3339(t: float | datetime) -> str:
+    """2024-05-01T12:00:00Z (seconds precision, UTC), as Kubernetes writes times."""
+    dt = t if isinstance(t, datetime) else datetime.fromtimestamp(t, UTC)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def headline_metric(metrics: Mapping[str, Any]) -> str | None:
+    """``accuracy=0.9680``: the first of accuracy, acc, loss, else the first metric."""
+    if not metrics:
+        return None
+    key = next((k for k in HEADLINE_METRICS if k in metrics), next(iter(metrics)))
+    return f"{key}={float(metrics[key]):.4f}"
+
+
+def _field(record: Any, key: str, default: Any = None) -> Any:
+    """A field of a JobRecord (dataclass) or of its dict form."""
+    if record is None:
+        return default
+    if isinstance(record, Mapping):
+        value = record.get(key, default)
+    else:
+        value = getattr(record, key, default)
+    return default if value is None else value
+
+
+def _condition(
+    type_: str,
+    true: bool,
+    reason: str,
+    message: str,
+    *,
+    previous: Mapping[str, Mapping[str, Any]],
+    now: str,
+    generation: int | None,
+) -> dict[str, Any]:
+    status = "True" if true else "False"
+    since = now
+    prev = previous.get(type_)
+    if prev is not None and prev.get("status") == status and prev.get("lastTransitionTime"):
+        since = str(prev["lastTransitionTime"])
+    cond: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def _phase(job: FederatedJob, record_phase: str | None) -> str:
+    if record_phase in TERMINAL:
+        return record_phase
+    if job.spec.suspend:
+        return SUSPENDED
+    return record_phase or PENDING
+
+
+def status_from(
+    job: FederatedJob,
+    *,
+    record: Any,
+    statefulset: Mapping[str, Any] | None,
+    deployment: Mapping[str, Any] | None,
+    generation: int | None,
+    previous: Mapping[str, Any] | None,
+    now: float | datetime,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The FederatedJob's status block, from what the operator observes.
+
+    record: the job record of the state store (a ``fedkube.state.JobRecord`` or
+        its dict form: phase, message, current_round, completed_rounds,
+        latest_model, metrics, started_at, completed_at), or None before it exists.
+    statefulset / deployment: the ``status`` (not the whole object) of the
+        combiner StatefulSet and of the reducer Deployment; None before they exist.
+    generation: the FederatedJob's metadata.generation (observedGeneration).
+    previous: the current status, to keep the lastTransitionTime of conditions
+        whose status did not change.
+    error: why the children cannot be built (a BuildError message), if so.
+
+    Optional fields without a value (latestModel, startTime, completionTime,
+    headlineMetric) are None, which deletes them under a merge patch.
+    """
+    now_s = rfc3339(now)
+    spec = job.spec
+    record_phase: str | None = _field(record, "phase")
+    phase = _phase(job, record_phase)
+    message = str(_field(record, "message", ""))
+    current = int(_field(record, "current_round", 0))
+    completed = int(_field(record, "completed_rounds", 0))
+    metrics = {
+        str(k): v
+        for k, v in dict(_field(record, "metrics", {})).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    started = _field(record, "started_at")
+    finished = _field(record, "completed_at") if phase in TERMINAL else None
+
+    sts = statefulset or {}
+    dep = deployment or {}
+    desired = combiner_replicas(job)
+    ready = int(sts.get("readyReplicas") or 0)
+    reducer_ready = int(dep.get("readyReplicas") or 0) >= 1
+
+    prev_conds = {
+        c["type"]: c
+        for c in (previous or {}).get("conditions") or []
+        if isinstance(c, Mapping) and "type" in c
+    }
+
+    def cond(type_: str, true: bool, reason: str, msg: str) -> dict[str, Any]:
+        return _condition(
+            type_, true, reason, msg, previous=prev_conds, now=now_s, generation=generation
+        )
+
+    combiners_msg = f"{ready}/{desired} combiners ready"
+    if error:
+        ready_c = cond("Ready", False, "InvalidSpec", error)
+    elif not reducer_ready:
+        ready_c = cond("Ready", False, "ReducerNotReady", f"reducer not ready; {combiners_msg}")
+    elif ready < desired:
+        ready_c = cond("Ready", False, "CombinersNotReady", f"reducer ready; {combiners_msg}")
+    else:
+        ready_c = cond("Ready", True, "Ready", f"reducer ready; {combiners_msg}")
+
+    if phase == RUNNING:
+        progress = f"round {current} of {spec.rounds} ({completed} completed)"
+        progressing_c = cond("Progressing", True, "RoundsRunning", progress)
+    else:
+        wait = message or ("waiting for the reducer" if phase == PENDING else "")
+        progressing_c = cond("Progressing", False, phase, wait)
+
+    if phase in TERMINAL:
+        suspended_c = cond("Suspended", False, phase, "the job has finished")
+    elif spec.suspend and record_phase == SUSPENDED:
+        suspended_c = cond(
+            "Suspended", True, "Suspended", "round loop paused; combiners scaled to zero"
+        )
+    elif spec.suspend:
+        suspended_c = cond(
+            "Suspended",
+            True,
+            "Suspending",
+            "spec.suspend is true: combiners scaled to zero, the round loop pauses "
+            "before its next round",
+        )
+    elif record_phase == SUSPENDED:
+        suspended_c = cond(
+            "Suspended", True, "Resuming", "spec.suspend is false: the round loop resumes"
+        )
+    else:
+        suspended_c = cond("Suspended", False, "NotSuspended", "")
+
+    if phase == SUCCEEDED:
+        complete_c = cond(
+            "Complete", True, "RoundsCompleted", message or f"completed {completed} rounds"
+        )
+    else:
+        complete_c = cond("Complete", False, phase, "")
+    if phase == FAILED:
+        failed_c = cond("Failed", True, "RoundFailed", message or "the job failed")
+    else:
+        failed_c = cond("Failed", False, phase, "")
+
+    status: dict[str, Any] = {
+        "phase": phase,
+        "message": message,
+        "currentRound": current,
+        "completedRounds": completed,
+        "latestModel": _field(record, "latest_model"),
+        "metrics": metrics,
+        "headlineMetric": headline_metric(metrics),
+        "combiners": {
+            "replicas": int(sts.get("replicas") or 0),
+            "ready": ready,
+            "selector": names.selector_string(job.name, names.COMPONENT_COMBINER),
+        },
+        "startTime": rfc3339(started) if started is not None else None,
+        "completionTime": rfc3339(finished) if finished is not None else None,
+        "conditions": [ready_c, progressing_c, suspended_c, complete_c, failed_c],
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status

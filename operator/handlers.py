@@ -1,0 +1,252 @@
+"""kopf handlers: thin async glue between FederatedJobs and their children (I/O).
+
+Everything that decides *what* to write lives in the pure modules beside this
+one (builders.py, names.py); this module only reads the world, calls them and
+writes the result back: server-side apply of the children, the job record in
+the state store (which the reducer follows for replicas and suspend), the
+status block and Kubernetes Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from fedkube.errors import FedkubeError, SpecError
+from fedkube.operator import names
+from fedkube.operator.builders import BuildError, OperatorSettings, build_children, status_from
+from fedkube.operator.kube import Kube
+from fedkube.spec import FederatedJob, parse_job
+from fedkube.state import StateStore, open_state_store
+
+GROUP, VERSION, PLURAL = "fedkube.dev", "v1alpha1", "federatedjobs"
+SYNC_INTERVAL = 5.0
+
+
+@dataclass
+class Runtime:
+    """Per-process operator state, kept in kopf's memo."""
+
+    settings: OperatorSettings = field(default_factory=OperatorSettings)
+    kubeconfig: str | None = None
+    state_override: str | None = None  # one state store for every job (tests, single tenant)
+    kube: Kube | None = None
+    stores: dict[str, StateStore] = field(default_factory=dict)
+
+
+def _runtime(memo: Any) -> Runtime:
+    rt = memo.get("fedkube")
+    if rt is None:
+        rt = memo["fedkube"] = Runtime()
+    return rt
+
+
+def configure(runtime: Runtime) -> None:
+    """Set the process-wide runtime before kopf starts (called by `fedkube operator`)."""
+    _DEFAULT_RUNTIME.__dict__.update(runtime.__dict__)
+
+
+_DEFAULT_RUNTIME = Runtime()
+
+
+def manifest_of(body: Any) -> dict[str, Any]:
+    """The FederatedJob manifest of a kopf body, without server-managed metadata."""
+    md = body.get("metadata", {})
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            "name": md.get("name"),
+            "namespace": md.get("namespace"),
+            "labels": dict(md.get("labels") or {}),
+        },
+        "spec": dict(body.get("spec") or {}),
+    }
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    rt = memo["fedkube"] = Runtime(**_DEFAULT_RUNTIME.__dict__)
+    # Progress and diff-base in annotations: the status block stays ours alone.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="fedkube.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="fedkube.dev", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "fedkube.dev/operator"
+    # Long-running clusters: renew watches regularly, never hang on a dead socket.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 30
+    settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+    settings.posting.level = logging.INFO
+    rt.kube = await Kube.connect(rt.kubeconfig)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    rt = _runtime(memo)
+    if rt.kube is not None:
+        await rt.kube.close()
+    for st in rt.stores.values():
+        st.close()
+
+
+async def _state_for(rt: Runtime, job: FederatedJob, namespace: str) -> StateStore:
+    """The job's state store: the override, or the MongoDB URI in its Secret."""
+    uri = rt.state_override
+    if uri is None:
+        mongo = job.spec.state_store.mongodb
+        if mongo is None or not mongo.uri_secret:
+            raise BuildError("spec.stateStore.mongodb.uriSecret is required on Kubernetes")
+        assert rt.kube is not None
+        uri = await rt.kube.secret_value(namespace, mongo.uri_secret, "uri")
+        if not uri:
+            raise BuildError(
+                f"Secret {namespace}/{mongo.uri_secret} has no key 'uri' "
+                "(spec.stateStore.mongodb.uriSecret)"
+            )
+        if "/" not in uri.split("://", 1)[-1].split("?")[0]:
+            uri = uri.rstrip("/") + f"/{mongo.database}"
+    if uri not in rt.stores:
+        rt.stores[uri] = await asyncio.to_thread(open_state_store, uri)
+    return rt.stores[uri]
+
+
+async def _tokens(rt: Runtime, namespace: str, name: str) -> tuple[str, str]:
+    """Keep the tokens of an existing Secret; make new ones only the first time."""
+    assert rt.kube is not None
+    sec = names.tokens_secret(name)
+    client = await rt.kube.secret_value(namespace, sec, "client-token")
+    reducer = await rt.kube.secret_value(namespace, sec, "reducer-token")
+    return client or secrets.token_urlsafe(32), reducer or secrets.token_urlsafe(32)
+
+
+def _parse(body: Any) -> FederatedJob:
+    return parse_job(manifest_of(body), source=f"FederatedJob {body['metadata'].get('name')}")
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def reconcile(
+    body: kopf.Body,
+    name: str,
+    namespace: str,
+    uid: str,
+    memo: kopf.Memo,
+    patch: kopf.Patch,
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    """Apply every child (idempotent server-side apply) and publish the spec to the
+    state store, where the reducer follows replicas and suspend."""
+    rt = _runtime(memo)
+    assert rt.kube is not None
+    try:
+        job = _parse(body)
+        client_token, reducer_token = await _tokens(rt, namespace, name)
+        children = build_children(
+            job, namespace, uid, rt.settings, client_token=client_token, reducer_token=reducer_token
+        )
+        state = await _state_for(rt, job, namespace)
+    except (SpecError, BuildError) as exc:
+        kopf.warn(body, reason="InvalidSpec", message=str(exc))
+        patch.status["phase"] = "Failed"
+        patch.status["message"] = str(exc)
+        raise kopf.PermanentError(str(exc)) from None
+    for obj in children:
+        await rt.kube.apply(obj)
+    try:
+        await asyncio.to_thread(state.create_job, name, job.to_manifest())
+    except FedkubeError as exc:
+        kopf.warn(body, reason="StateStoreUnavailable", message=str(exc))
+        raise kopf.TemporaryError(f"state store: {exc}", delay=10) from None
+    kinds = ", ".join(sorted({o["kind"] for o in children}))
+    logger.info(f"applied {len(children)} children ({kinds})")
+    kopf.info(body, reason="Reconciled", message=f"applied {len(children)} children ({kinds})")
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _rfc3339(ts: datetime.datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SYNC_INTERVAL, initial_delay=1.0)
+async def sync_status(
+    body: kopf.Body,
+    name: str,
+    namespace: str,
+    memo: kopf.Memo,
+    patch: kopf.Patch,
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    """Status from the state store (rounds, metrics, phase) and from the children
+    (ready combiners and reducer); Events on transitions; TTL after finish."""
+    rt = _runtime(memo)
+    assert rt.kube is not None
+    try:
+        job = _parse(body)
+        state = await _state_for(rt, job, namespace)
+        record = await asyncio.to_thread(state.get_job, name)
+    except (SpecError, BuildError):
+        return  # reconcile reported it
+    except FedkubeError as exc:
+        logger.warning(f"state store unavailable: {exc}")
+        record = None
+    sts = await rt.kube.get("apps/v1", "StatefulSet", namespace, names.combiner_statefulset(name))
+    dep = await rt.kube.get("apps/v1", "Deployment", namespace, names.reducer_deployment(name))
+    old = dict(body.get("status") or {})
+    new = status_from(
+        job=job,
+        record=None if record is None else record.__dict__,
+        statefulset=None if sts is None else sts.get("status", {}),
+        deployment=None if dep is None else dep.get("status", {}),
+        generation=body["metadata"].get("generation", 0),
+        previous=old,
+        now=_now(),
+    )
+    changed = {k: v for k, v in new.items() if old.get(k) != v}
+    if changed:
+        patch.status.update(changed)
+    if new.get("phase") != old.get("phase"):
+        msg = new.get("message") or f"phase {new.get('phase')}"
+        if new.get("phase") == "Failed":
+            kopf.warn(body, reason=f"Job{new.get('phase')}", message=msg)
+        else:
+            kopf.info(body, reason=f"Job{new.get('phase')}", message=msg)
+    if new.get("completedRounds", 0) > old.get("completedRounds", 0):
+        metric = new.get("headlineMetric") or ""
+        kopf.info(
+            body,
+            reason="RoundCompleted",
+            message=f"round {new['completedRounds']}/{job.spec.rounds} committed {metric}".strip(),
+        )
+    await _maybe_expire(rt, body, job, new, logger)
+
+
+async def _maybe_expire(
+    rt: Runtime, body: Any, job: FederatedJob, status: dict[str, Any], logger: logging.Logger
+) -> None:
+    ttl = job.spec.ttl_seconds_after_finished
+    done = status.get("completionTime")
+    if ttl is None or status.get("phase") not in ("Succeeded", "Failed") or not done:
+        return
+    finished = datetime.datetime.strptime(done, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    if (_now() - finished).total_seconds() >= ttl:
+        md = body["metadata"]
+        logger.info(f"ttlSecondsAfterFinished={ttl} elapsed: deleting the FederatedJob")
+        kopf.info(body, reason="Expired", message=f"deleted {ttl}s after it finished")
+        assert rt.kube is not None
+        await rt.kube.delete("fedkube.dev/v1alpha1", "FederatedJob", md["namespace"], md["name"])
