@@ -166,7 +166,9 @@ class TrainSpec(_Model):
 class SimulationSpec(_Model):
     """Clients that `fedkube run` starts on this machine (ignored by the operator)."""
 
-    clients: int = Field(default=0, ge=0, le=10_000)
+    clients: int = Field(
+        default=0, ge=0, le=10_000, description="Simulated clients `fedkube run` starts locally."
+    )
     in_process: bool = Field(
         default=True,
         description="Use the in-process train/validate functions when both forms are given.",
@@ -176,12 +178,21 @@ class SimulationSpec(_Model):
 class ClientServiceSpec(_Model):
     """How clients outside the job reach the combiners (Kubernetes only)."""
 
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
-    node_port: int | None = Field(default=None, ge=30000, le=32767)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        default="ClusterIP",
+        description="Type of the client Service: ClusterIP, NodePort or LoadBalancer.",
+    )
+    node_port: int | None = Field(
+        default=None, ge=30000, le=32767, description="Fixed node port (NodePort, LoadBalancer)."
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations of the client Service (e.g. for a cloud LB)."
+    )
 
 
 class ClientsSpec(_Model):
+    """Client selection, quorum and deadlines of each round."""
+
     per_round: int = Field(default=2, ge=1, description="Clients selected per round (total).")
     min_updates: int = Field(
         default=1, ge=1, description="Quorum: updates needed for a round to succeed."
@@ -192,7 +203,9 @@ class ClientsSpec(_Model):
     wait_timeout_seconds: float = Field(
         default=120.0, gt=0, description="How long a round waits for enough connected clients."
     )
-    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    heartbeat_seconds: float = Field(
+        default=5.0, gt=0, description="Client heartbeat; combiners forget clients after 3 missed."
+    )
     simulation: SimulationSpec = Field(default_factory=SimulationSpec)
     service: ClientServiceSpec = Field(default_factory=ClientServiceSpec)
 
@@ -207,6 +220,8 @@ class ClientsSpec(_Model):
 
 
 class CombinersSpec(_Model):
+    """The combiners: the servers clients connect to; each aggregates its clients' updates."""
+
     replicas: int = Field(default=1, ge=1, le=256, description="Number of combiners.")
     port: int = Field(default=7070, ge=1, le=65535, description="gRPC port of each combiner.")
     resources: dict[str, Any] = Field(
@@ -215,6 +230,8 @@ class CombinersSpec(_Model):
 
 
 class ReducerSpec(_Model):
+    """The reducer: runs the round loop and combines the combiners' aggregates."""
+
     resources: dict[str, Any] = Field(
         default_factory=dict, description="Kubernetes ResourceRequirements of the reducer pod."
     )
@@ -230,7 +247,9 @@ class MedianAggregator(_Model):
 
 class TrimmedMeanAggregator(_Model):
     name: Literal["trimmedmean"]
-    trim_ratio: Annotated[Decimal, Field(ge=0.0, lt=0.5)] = 0.1
+    trim_ratio: Annotated[
+        Decimal, Field(ge=0.0, lt=0.5, description="Fraction trimmed at each end, in [0, 0.5).")
+    ] = 0.1
 
 
 AggregatorSpec = Annotated[
@@ -244,15 +263,15 @@ class FedAvgOptimizer(_Model):
 
 class FedAvgMOptimizer(_Model):
     name: Literal["fedavgm"]
-    learning_rate: Annotated[Decimal, Field(gt=0)] = 1.0
-    momentum: Annotated[Decimal, Field(ge=0, lt=1)] = 0.9
+    learning_rate: Annotated[Decimal, Field(gt=0, description="Server learning rate.")] = 1.0
+    momentum: Annotated[Decimal, Field(ge=0, lt=1, description="Server momentum.")] = 0.9
 
 
 class _AdaptiveOptimizer(_Model):
-    learning_rate: Annotated[Decimal, Field(gt=0)] = 0.01
-    beta1: Annotated[Decimal, Field(ge=0, lt=1)] = 0.9
-    beta2: Annotated[Decimal, Field(ge=0, lt=1)] = 0.99
-    tau: Annotated[Decimal, Field(gt=0)] = 1e-3
+    learning_rate: Annotated[Decimal, Field(gt=0, description="Server learning rate.")] = 0.01
+    beta1: Annotated[Decimal, Field(ge=0, lt=1, description="First-moment decay.")] = 0.9
+    beta2: Annotated[Decimal, Field(ge=0, lt=1, description="Second-moment decay.")] = 0.99
+    tau: Annotated[Decimal, Field(gt=0, description="Adaptivity: added to sqrt(v).")] = 1e-3
 
 
 class FedAdamOptimizer(_AdaptiveOptimizer):
@@ -274,35 +293,52 @@ ServerOptimizerSpec = Annotated[
 
 
 class ValidationSpec(_Model):
-    enabled: bool = True
+    """Validation of the global model by the clients."""
+
+    enabled: bool = Field(default=True, description="Ask clients to validate the global model.")
     every: int = Field(default=1, ge=1, description="Validate the global model every N rounds.")
     per_round: int | None = Field(
         default=None, ge=1, description="Clients asked to validate (default: all connected)."
     )
-    timeout_seconds: float = Field(default=120.0, gt=0)
-    min_reports: int = Field(default=1, ge=1)
+    timeout_seconds: float = Field(
+        default=120.0, gt=0, description="Deadline for validation tasks of one round."
+    )
+    min_reports: int = Field(
+        default=1, ge=1, description="Validation reports needed to record the round's metrics."
+    )
 
 
 class RetrySpec(_Model):
+    """Retries of a failed round."""
+
     max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts per round.")
 
 
 class LocalStorageSpec(_Model):
+    """Model files in a local directory."""
+
     path: str = Field(default="store", description="Directory, relative to the workdir.")
 
 
 class S3StorageSpec(_Model):
-    endpoint: str
-    bucket: str
-    region: str | None = None
-    secure: bool = True
-    public_endpoint: str | None = None
+    """Model files in an S3-compatible object store."""
+
+    endpoint: str = Field(description="host:port of the S3 endpoint (the in-cluster address).")
+    bucket: str = Field(description="Bucket of the model files.")
+    region: str | None = Field(default=None, description="Region of the bucket.")
+    secure: bool = Field(default=True, description="Use HTTPS.")
+    public_endpoint: str | None = Field(
+        default=None,
+        description="host:port clients outside the cluster use; presigned URLs are signed for it.",
+    )
     credentials_secret: str | None = Field(
         default=None, description="Kubernetes Secret with AWS_ACCESS_KEY_ID/SECRET_ACCESS_KEY."
     )
 
 
 class StorageSpec(_Model):
+    """Where model files live: local (the default) or s3, at most one."""
+
     local: LocalStorageSpec | None = None
     s3: S3StorageSpec | None = None
 
@@ -314,16 +350,26 @@ class StorageSpec(_Model):
 
 
 class SqliteStateSpec(_Model):
+    """Round state in a SQLite file."""
+
     path: str = Field(default="state.db", description="File, relative to the workdir.")
 
 
 class MongoStateSpec(_Model):
-    uri_secret: str | None = None
-    uri_env: str = "FEDKUBE_MONGODB_URI"
-    database: str = "fedkube"
+    """Round state in MongoDB."""
+
+    uri_secret: str | None = Field(
+        default=None, description="Kubernetes Secret whose key `uri` holds the MongoDB URI."
+    )
+    uri_env: str = Field(
+        default="FEDKUBE_MONGODB_URI", description="Environment variable with the MongoDB URI."
+    )
+    database: str = Field(default="fedkube", description="Database name.")
 
 
 class StateStoreSpec(_Model):
+    """Where round state lives: sqlite (the default) or mongodb, at most one."""
+
     sqlite: SqliteStateSpec | None = None
     mongodb: MongoStateSpec | None = None
 
@@ -335,8 +381,10 @@ class StateStoreSpec(_Model):
 
 
 class JobSpec(_Model):
+    """The job: rounds, clients, training entrypoint, aggregation, storage."""
+
     rounds: int = Field(ge=1, le=100_000, description="Number of federated rounds.")
-    suspend: bool = False
+    suspend: bool = Field(default=False, description="Pause the round loop between rounds.")
     seed: int = Field(default=0, description="Seed for client selection.")
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -346,14 +394,25 @@ class JobSpec(_Model):
     image: str | None = Field(
         default=None, description="Container image of the reducer and combiners (Kubernetes)."
     )
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    aggregator: AggregatorSpec = Field(default_factory=FedAvgAggregator)
-    server_optimizer: ServerOptimizerSpec = Field(default_factory=FedAvgOptimizer)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Pull policy of that image (Kubernetes)."
+    )
+    aggregator: AggregatorSpec = Field(
+        default_factory=FedAvgAggregator,
+        description="How a round's updates are combined: fedavg, median or trimmedmean.",
+    )
+    server_optimizer: ServerOptimizerSpec = Field(
+        default_factory=FedAvgOptimizer,
+        description="Server optimizer on the pseudo-gradient: fedavg, fedavgm, fedadam, "
+        "fedyogi or fedadagrad.",
+    )
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     state_store: StateStoreSpec = Field(default_factory=StateStoreSpec)
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the job this long after it finished (Kubernetes)."
+    )
 
 
 class FederatedJob(_Model):
