@@ -137,19 +137,20 @@ def _parse(body: Any) -> FederatedJob:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def reconcile(
+    *,
     body: kopf.Body,
     name: str,
-    namespace: str,
+    namespace: str | None,
     uid: str,
-    memo: kopf.Memo,
+    memo: Any,
     patch: kopf.Patch,
-    logger: logging.Logger,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
     """Apply every child (idempotent server-side apply) and publish the spec to the
     state store, where the reducer follows replicas and suspend."""
     rt = _runtime(memo)
-    assert rt.kube is not None
+    assert rt.kube is not None and namespace is not None
     try:
         job = _parse(body)
         client_token, reducer_token = await _tokens(rt, namespace, name)
@@ -178,24 +179,21 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _rfc3339(ts: datetime.datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SYNC_INTERVAL, initial_delay=1.0)
 async def sync_status(
+    *,
     body: kopf.Body,
     name: str,
-    namespace: str,
-    memo: kopf.Memo,
+    namespace: str | None,
+    memo: Any,
     patch: kopf.Patch,
-    logger: logging.Logger,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
     """Status from the state store (rounds, metrics, phase) and from the children
     (ready combiners and reducer); Events on transitions; TTL after finish."""
     rt = _runtime(memo)
-    assert rt.kube is not None
+    assert rt.kube is not None and namespace is not None
     try:
         job = _parse(body)
         state = await _state_for(rt, job, namespace)
@@ -237,7 +235,11 @@ async def sync_status(
 
 
 async def _maybe_expire(
-    rt: Runtime, body: Any, job: FederatedJob, status: dict[str, Any], logger: logging.Logger
+    rt: Runtime,
+    body: Any,
+    job: FederatedJob,
+    status: dict[str, Any],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     ttl = job.spec.ttl_seconds_after_finished
     done = status.get("completionTime")
