@@ -20,8 +20,11 @@ command -v go >/dev/null || { echo "build_k8s: Go is not installed (needed to bu
 export GOFLAGS="${GOFLAGS:-} -trimpath"
 export CGO_ENABLED=0
 
-have() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2" ]; }
-mark() { echo "$2" > "$BIN/.$1.version"; }
+# A binary counts as built when its version stamp matches (bump RECIPE when the
+# way they are built changes, so caches from an older recipe are rebuilt).
+RECIPE=2
+have() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2 r$RECIPE" ]; }
+mark() { echo "$2 r$RECIPE" > "$BIN/.$1.version"; }
 
 # kube-apiserver, kube-controller-manager, kubectl: a module that requires
 # k8s.io/kubernetes and replaces every staging module with its published twin.
@@ -60,9 +63,17 @@ import (
 )
 GO
   go mod tidy
+  # Stamp the version (kube-apiserver derives its emulated version and feature
+  # defaults from it; unstamped it says v0.0.0-master).
+  minor_num="${K8S_VERSION#v1.}"; minor_num="${minor_num%%.*}"
+  vpkg="k8s.io/component-base/version"
+  ldflags="-X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor_num"
+  ldflags="$ldflags -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
+  ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
+  ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor_num"
   for t in "${k8s_targets[@]}"; do
     echo "    go build $t"
-    go build -o "$BIN/$t" "k8s.io/kubernetes/cmd/$t"
+    go build -ldflags "$ldflags" -o "$BIN/$t" "k8s.io/kubernetes/cmd/$t"
     mark "$t" "$K8S_VERSION"
   done
 fi

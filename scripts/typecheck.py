@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lint_imports import PACKAGE, ROOT, build_tree, mapped_folders  # noqa: E402
+from lint_imports import PACKAGE, ROOT, build_tree, mapped_folders
 
 
 def main(argv: list[str]) -> int:

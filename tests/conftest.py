@@ -12,6 +12,8 @@ import pytest
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+pytest_plugins = ["tests.support.fixtures"]
+
 
 def _fail_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
     if CI and report.skipped:

@@ -1,9 +1,15 @@
 """MongoStateStore: the StateStore contract on MongoDB (or FerretDB) via pymongo.
 
-Collections: jobs, rounds, updates, events, clients, models, commits, meta.
-Unique indexes make every write idempotent (keys derive from job / round /
-attempt / client). No multi-document transactions are used, so the store
-also works on a standalone server:
+Collections: jobs, rounds, progress, updates, events, clients, models,
+commits, meta. Unique indexes make every write idempotent (keys derive from
+job / round / attempt / client). No multi-document transactions are used, so
+the store also works on a standalone server.
+
+Whatever concurrent writers may race on is decided by a single-document
+insert against a unique index, never by the atomicity of an update: FerretDB
+v1 (the MongoDB wire protocol on SQLite/PostgreSQL) applies an update as a
+read-modify-write, so concurrent ``$inc`` or compare-and-set updates of one
+document can be lost there (seen: 4 threads x 100 ``$inc`` gave 128).
 
 - commit_round inserts one document ``{job, round, attempt, payload}`` into
   ``commits`` (unique on job+round). That single insert is the commit point:
@@ -11,8 +17,12 @@ also works on a standalone server:
   round was committed before. The round document is updated afterwards, and
   readers overlay the commit payload, so a crash between the two writes loses
   nothing.
-- event sequence numbers (per job) come from a counter document in ``meta``
-  incremented with find_one_and_update ``$inc``.
+- event sequence numbers (per job): an event is inserted with the job's
+  highest seq + 1; the unique (job, seq) index refuses a writer that lost the
+  race, which then retries with the new highest.
+- combiner progress of a running attempt: one document per (job, round,
+  attempt, combiner) in ``progress``, so combiners never write the same
+  document; readers merge them into ``RoundRecord.combiners``.
 
 Free-form dicts (manifest, metrics, timings, validation, combiners) are stored
 as JSON strings: their keys may contain '.' or start with '$' (Kubernetes
@@ -23,8 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -88,7 +100,8 @@ _ROUND_DEFAULTS: dict[str, Any] = {
     "participants": [],
     "combiners": "{}",
 }
-_CAS_RETRIES = 20
+#: inserts an event may lose to concurrent writers before add_event gives up
+_SEQ_RETRIES = 1000
 
 Doc = dict[str, Any]
 
@@ -169,6 +182,7 @@ class MongoStateStore(StateStore):
         db = self._client[self.database]
         self._jobs: Collection[Doc] = db["jobs"]
         self._rounds: Collection[Doc] = db["rounds"]
+        self._progress: Collection[Doc] = db["progress"]
         self._updates: Collection[Doc] = db["updates"]
         self._events: Collection[Doc] = db["events"]
         self._clients: Collection[Doc] = db["clients"]
@@ -201,6 +215,15 @@ class MongoStateStore(StateStore):
                 self._jobs.create_index([("name", ASCENDING)], unique=True)
                 self._rounds.create_index(
                     [("job", ASCENDING), ("round", ASCENDING), ("attempt", ASCENDING)],
+                    unique=True,
+                )
+                self._progress.create_index(
+                    [
+                        ("job", ASCENDING),
+                        ("round", ASCENDING),
+                        ("attempt", ASCENDING),
+                        ("combiner", ASCENDING),
+                    ],
                     unique=True,
                 )
                 self._updates.create_index(
@@ -317,9 +340,10 @@ class MongoStateStore(StateStore):
             self._upsert(self._rounds, key, {"$setOnInsert": insert})
             doc = self._rounds.find_one(key)
             commit = self._commit_of(job, round)
+            progress = list(self._progress.find(key))
         if doc is None:
             raise StateError(f"state store {self.uri}: attempt {key} vanished after insert")
-        return self._overlay(doc, commit)
+        return self._overlay(doc, commit, progress)
 
     def set_progress(
         self, job: str, round: int, attempt: int, combiner: str, progress: dict[str, Any]
@@ -327,30 +351,22 @@ class MongoStateStore(StateStore):
         self._init()
         key = self._key(job, round, attempt)
         with self._errors(f"set progress of job {job!r} round {round} attempt {attempt}"):
-            for _ in range(_CAS_RETRIES):
-                doc = self._rounds.find_one(key)
-                if doc is None:
-                    raise StateError(
-                        f"set_progress: job {job!r} round {round} has no attempt {attempt}"
-                    )
-                if doc.get("status") != ATTEMPT_RUNNING:
-                    return
-                commit = self._commit_of(job, round)
-                if commit is not None and commit.get("attempt") == attempt:
-                    return  # committed (round document not yet updated)
-                old = doc.get("combiners", "{}")
-                combiners = json.loads(old or "{}")
-                combiners[combiner] = progress
-                res = self._rounds.update_one(
-                    {**key, "status": ATTEMPT_RUNNING, "combiners": old},
-                    {"$set": {"combiners": _dumps(combiners)}},
+            doc = self._rounds.find_one(key)
+            if doc is None:
+                raise StateError(
+                    f"set_progress: job {job!r} round {round} has no attempt {attempt}"
                 )
-                if res.matched_count == 1:
-                    return
-        raise StateError(
-            f"set_progress: job {job!r} round {round} attempt {attempt}: too many concurrent "
-            "progress updates"
-        )
+            if doc.get("status") != ATTEMPT_RUNNING:
+                return  # a late report never changes a finished attempt
+            commit = self._commit_of(job, round)
+            if commit is not None and commit.get("attempt") == attempt:
+                return  # committed (round document not yet updated)
+            # One document per combiner: concurrent combiners never touch the same one.
+            self._upsert(
+                self._progress,
+                {**key, "combiner": combiner},
+                {"$set": {"progress": _dumps(progress)}},
+            )
 
     def fail_attempt(self, job: str, round: int, attempt: int, reason: str) -> None:
         self._init()
@@ -448,9 +464,16 @@ class MongoStateStore(StateStore):
             )
 
     @staticmethod
-    def _overlay(doc: Doc, commit: Doc | None) -> RoundRecord:
+    def _overlay(doc: Doc, commit: Doc | None, progress: list[Doc]) -> RoundRecord:
+        """The round record of `doc`: a commit of this attempt overrides it; else the
+        attempt's per-combiner `progress` documents are merged into `combiners`."""
         if commit is not None and commit.get("attempt") == doc.get("attempt"):
             doc = {**doc, **(commit.get("payload") or {}), "status": ATTEMPT_COMPLETED}
+        elif progress:
+            combiners = json.loads(doc.get("combiners") or "{}")
+            for p in sorted(progress, key=lambda p: str(p["combiner"])):
+                combiners[p["combiner"]] = json.loads(p.get("progress") or "{}")
+            doc = {**doc, "combiners": _dumps(combiners)}
         return _round(doc)
 
     def get_rounds(self, job: str) -> list[RoundRecord]:
@@ -458,6 +481,9 @@ class MongoStateStore(StateStore):
         with self._errors(f"get rounds of job {job!r}"):
             docs = list(self._rounds.find({"job": job}))
             commits = {c["round"]: c for c in self._commits.find({"job": job})}
+            progress: dict[tuple[int, int], list[Doc]] = {}
+            for p in self._progress.find({"job": job}):
+                progress.setdefault((p["round"], p["attempt"]), []).append(p)
         seen = {(d["round"], d["attempt"]) for d in docs}
         # A commit whose round document was never written still counts.
         for c in commits.values():
@@ -465,7 +491,10 @@ class MongoStateStore(StateStore):
                 docs.append(
                     {**self._key(job, c["round"], c["attempt"]), "started_at": c.get("at", 0.0)}
                 )
-        records = [self._overlay(d, commits.get(d["round"])) for d in docs]
+        records = [
+            self._overlay(d, commits.get(d["round"]), progress.get((d["round"], d["attempt"]), []))
+            for d in docs
+        ]
         records.sort(key=lambda r: (r.round, r.attempt))
         return records
 
@@ -512,44 +541,41 @@ class MongoStateStore(StateStore):
 
     # ---- events
     def add_event(self, ev: EventRecord) -> None:
-        """Append `ev`. Sequence numbers are per job (1, 2, 3, ...). An event given
-        with a seq that already exists is ignored (idempotent replay)."""
+        """Append `ev`. Sequence numbers are per job (1, 2, 3, ...): the event is
+        inserted with the job's highest seq + 1, and the unique (job, seq) index
+        makes a writer that lost a race retry. An event given with a seq that
+        already exists is ignored (idempotent replay)."""
         self._init()
-        counter = {"_id": f"event_seq:{ev.job}"}
+        doc = {
+            "job": ev.job,
+            "kind": ev.kind,
+            "message": ev.message,
+            "level": ev.level,
+            "round": ev.round,
+            "attempt": ev.attempt,
+            "client": ev.client,
+            "combiner": ev.combiner,
+            "at": ev.at or now(),
+        }
         with self._errors(f"add event to job {ev.job!r}"):
             if ev.seq:
-                self._upsert(self._meta, counter, {"$max": {"seq": ev.seq}})
-                seq = ev.seq
-            else:
-                try:
-                    doc = self._meta.find_one_and_update(
-                        counter,
-                        {"$inc": {"seq": 1}},
-                        upsert=True,
-                        return_document=ReturnDocument.AFTER,
-                    )
-                except DuplicateKeyError:
-                    doc = self._meta.find_one_and_update(
-                        counter, {"$inc": {"seq": 1}}, return_document=ReturnDocument.AFTER
-                    )
-                if doc is None:
-                    raise StateError(f"state store {self.uri}: event counter missing")
-                seq = int(doc["seq"])
-            with contextlib.suppress(DuplicateKeyError):
-                self._events.insert_one(
-                    {
-                        "job": ev.job,
-                        "seq": seq,
-                        "kind": ev.kind,
-                        "message": ev.message,
-                        "level": ev.level,
-                        "round": ev.round,
-                        "attempt": ev.attempt,
-                        "client": ev.client,
-                        "combiner": ev.combiner,
-                        "at": ev.at or now(),
-                    }
+                with contextlib.suppress(DuplicateKeyError):
+                    self._events.insert_one({**doc, "seq": ev.seq})
+                return
+            for _ in range(_SEQ_RETRIES):
+                last = self._events.find_one(
+                    {"job": ev.job}, sort=[("seq", DESCENDING)], projection={"seq": True}
                 )
+                seq = int(last["seq"]) + 1 if last else 1
+                try:
+                    self._events.insert_one({**doc, "seq": seq})
+                    return
+                except DuplicateKeyError:
+                    time.sleep(random.random() * 0.002)  # lost the race: spread the retries
+        raise StateError(
+            f"add_event: job {ev.job!r}: gave up after {_SEQ_RETRIES} concurrent inserts "
+            "won the same sequence numbers"
+        )
 
     def list_events(
         self, job: str, *, since_seq: int = 0, limit: int | None = None

@@ -253,13 +253,26 @@ class S3ObjectStore(ObjectStore):
                     continue
                 raise self._map_error(exc, what, key) from exc
 
-    def _ensure_bucket(self) -> None:
+    def _ensure_bucket(self, what: str, key: str | None) -> None:
+        """Create the bucket (create_bucket) or check that it exists, once.
+
+        Without the check, a missing bucket would look like a missing object to
+        HEAD requests (exists() False, size() ObjectNotFound): S3 answers them
+        with a bare 404 that the SDK reports as NoSuchKey.
+        """
         if self._bucket_ready:
             return
         with self._bucket_lock:
             if self._bucket_ready:
                 return
-            if self.create_bucket:
+            if not self.create_bucket:
+                if not self._retry(what, key, lambda: self._client.bucket_exists(self.bucket)):
+                    obj = f" {key!r}" if key is not None else ""
+                    raise StoreError(
+                        f"{self._where()}: bucket does not exist (cannot {what}{obj}; "
+                        "create_bucket is off)"
+                    )
+            else:
 
                 def create() -> None:
                     if self._client.bucket_exists(self.bucket):
@@ -274,7 +287,7 @@ class S3ObjectStore(ObjectStore):
             self._bucket_ready = True
 
     def _op(self, what: str, key: str | None, fn: Callable[[], T]) -> T:
-        self._ensure_bucket()
+        self._ensure_bucket(what, key)
         return self._retry(what, key, fn)
 
     # ---- ObjectStore
