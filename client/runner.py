@@ -28,13 +28,29 @@ Outcome = tuple[int, dict[str, float]]
 class TaskRunner(Protocol):
     def train(self, in_path: Path, out_path: Path, ctx: TaskContext, timeout: float) -> Outcome: ...
 
+    def init(self, out_path: Path, ctx: TaskContext, timeout: float) -> None: ...
+
     def validate(self, in_path: Path, ctx: TaskContext, timeout: float) -> Outcome: ...
 
 
 class InProcessRunner:
-    def __init__(self, train_fn: str | None, validate_fn: str | None) -> None:
+    def __init__(
+        self, train_fn: str | None, validate_fn: str | None, init_fn: str | None = None
+    ) -> None:
         self._train = load_callable(train_fn) if train_fn else None
         self._validate = load_callable(validate_fn) if validate_fn else None
+        self._init = load_callable(init_fn) if init_fn else None
+
+    def init(self, out_path: Path, ctx: TaskContext, timeout: float) -> None:
+        if self._init is None:
+            raise TaskError("this client has no init function (--init-fn)")
+        tensors = self._init()
+        try:
+            save_model(out_path, tensors, {"round": "0"})
+        except (AttributeError, TypeError) as exc:
+            raise TaskError(
+                f"init function must return a mapping of name -> numpy array: {exc}"
+            ) from None
 
     def train(self, in_path: Path, out_path: Path, ctx: TaskContext, timeout: float) -> Outcome:
         if self._train is None:
@@ -72,8 +88,14 @@ class CommandRunner:
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
         workdir: Path,
+        init_cmd: Sequence[str] | None = None,
+        init_fn: str | None = None,
     ) -> None:
         self.workdir = workdir
+        self.init_cmd = list(init_cmd) if init_cmd else None
+        # A job may name its seed as an in-process function while training runs
+        # as a command (spec.model.initFn with spec.train.command).
+        self._init_fn = InProcessRunner(None, None, init_fn) if init_fn else None
         self.train_cmd = list(train_cmd) if train_cmd else None
         self.validate_cmd = list(validate_cmd) if validate_cmd else None
         self.cwd = cwd
@@ -122,6 +144,17 @@ class CommandRunner:
             return read_result_json(meta)
         finally:
             meta.unlink(missing_ok=True)
+
+    def init(self, out_path: Path, ctx: TaskContext, timeout: float) -> None:
+        if not self.init_cmd and self._init_fn is not None:
+            self._init_fn.init(out_path, ctx, timeout)
+            return
+        if not self.init_cmd:
+            raise TaskError("this client has no init command (--init-cmd)")
+        out_path.unlink(missing_ok=True)
+        self._run([*self.init_cmd, str(out_path)], ctx, timeout, "init")
+        if not out_path.exists():
+            raise TaskError(f"init command wrote no model to {out_path}")
 
     def validate(self, in_path: Path, ctx: TaskContext, timeout: float) -> Outcome:
         if not self.validate_cmd:

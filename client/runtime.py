@@ -185,6 +185,8 @@ class ClientRuntime:
         try:
             if task.kind == pb.TASK_KIND_TRAIN:
                 self._train(stub, task, ctx, timeout, md, log)
+            elif task.kind == pb.TASK_KIND_INIT:
+                self._init(stub, task, ctx, timeout, md)
             elif task.kind == pb.TASK_KIND_VALIDATE:
                 self._validate(stub, task, ctx, timeout, md, log)
             else:
@@ -235,6 +237,36 @@ class ClientRuntime:
             self.log.warning(
                 "update not accepted", round=task.round, reason=ack.reason, detail=ack.message
             )
+
+    def _init(
+        self,
+        stub: pb_grpc.CombinerStub,
+        task: pb.Task,
+        ctx: TaskContext,
+        timeout: float,
+        md: tuple[tuple[str, str]],
+    ) -> None:
+        upd = pb.Update(
+            task_id=task.task_id,
+            client_id=self.cfg.client_id,
+            job=task.job,
+            round=task.round,
+            attempt=task.attempt,
+            num_examples=1,
+        )
+        out = self.cfg.workdir / "seed.safetensors"
+        try:
+            self.runner.init(out, ctx, timeout)
+            upd.size = out.stat().st_size
+            upd.sha256 = sha256_file(out)
+            self.transport.upload(out, task.upload)
+        except Exception as exc:
+            self.log.error("init failed", error=str(exc), exc_info=True)
+            upd.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
+        finally:
+            out.unlink(missing_ok=True)
+        ack = stub.ReportUpdate(upd, metadata=md, timeout=120)
+        self.log.info("seed model reported", accepted=ack.accepted, reason=ack.reason)
 
     def _validate(
         self,

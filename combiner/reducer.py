@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -28,7 +27,15 @@ import numpy as np
 from fedkube.aggregate import WeightedMean, make_server_optimizer
 from fedkube.errors import FedkubeError, ModelFileError, TaskError
 from fedkube.logs import get_logger
-from fedkube.model import MappedModel, load_model, read_header, save_model, sha256_file
+from fedkube.model import (
+    MappedModel,
+    check_compatible,
+    check_finite,
+    load_model,
+    read_header,
+    save_model,
+    sha256_file,
+)
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
 from fedkube.rpc import ClientTLS, bearer, open_channel
@@ -46,7 +53,6 @@ from fedkube.state import (
     StateStore,
 )
 from fedkube.store import ObjectStore, model_key, optimizer_key
-from fedkube.task import load_callable
 
 RESTARTED = "reducer restarted"
 
@@ -230,67 +236,78 @@ class Reducer:
     # ------------------------------------------------------------ seed model
 
     def _ensure_seed(self) -> None:
+        """Model 0: from spec.model.seedUri (a file next to the job, or an object key),
+        or made by one client's init function/command (an init task). The reducer
+        never runs user code, so its image needs none."""
         key = model_key(self.name, 0)
-        if self.store.exists(key):
+        if self.state.get_model(self.name, 0) is not None:
             return
         m = self.spec.model
         tmp = self.cfg.workdir / "seed.safetensors"
-        if m.init_fn:
-            fn = load_callable(m.init_fn)
-            try:
-                tensors = fn()
-            except Exception as exc:
-                raise RoundFailed(f"spec.model.initFn {m.init_fn} failed: {exc!r}") from exc
-            try:
-                save_model(tmp, tensors, {"round": "0"})
-            except (ModelFileError, AttributeError, TypeError) as exc:
-                raise RoundFailed(
-                    f"spec.model.initFn {m.init_fn} must return a mapping of name -> numpy "
-                    f"array: {exc}"
-                ) from None
-        elif m.init_command:
-            try:
-                subprocess.run(
-                    [*m.init_command, str(tmp)],
-                    cwd=self.cfg.job_dir,
-                    check=True,
-                    timeout=600,
-                    capture_output=True,
-                    text=True,
-                )
-            except subprocess.CalledProcessError as exc:
-                raise RoundFailed(
-                    f"spec.model.initCommand failed (exit {exc.returncode}): {exc.stderr[-2000:]}"
-                ) from None
+        if self.store.exists(key):
+            self.store.get_file(key, tmp)  # made before a restart, not yet recorded
         elif m.seed_uri:
             src = m.seed_uri.removeprefix("file://")
             path = Path(src) if Path(src).is_absolute() else self.cfg.job_dir / src
-            if path.exists():
-                shutil.copyfile(path, tmp)
-            else:
-                try:
+            try:
+                if path.exists():
+                    shutil.copyfile(path, tmp)
+                else:
                     self.store.get_file(src, tmp)
-                except FedkubeError as exc:
-                    raise RoundFailed(f"spec.model.seedUri {m.seed_uri!r}: {exc}") from None
+            except FedkubeError as exc:
+                raise RoundFailed(f"spec.model.seedUri {m.seed_uri!r}: {exc}") from None
+        elif m.init_fn or m.init_command:
+            self._client_init(key)
+            self.store.get_file(key, tmp)
         else:
             raise RoundFailed("no seed model: set spec.model.seedUri, initFn or initCommand")
         try:
             header = read_header(tmp, max_bytes=m.max_bytes)
             with MappedModel(tmp) as mm:
-                from fedkube.model import check_finite
-
                 check_finite(mm)
         except ModelFileError as exc:
+            self.store.delete(key)
             raise RoundFailed(f"seed model is invalid: {exc}") from None
         sha = sha256_file(tmp)
-        self.store.put_file(key, tmp)
-        self.state.add_model(
-            ModelRecord(self.name, 0, key, None, sha, tmp.stat().st_size, time.time())
-        )
-        self.log.info(
-            "seed model stored", key=key, tensors=len(header.tensors), bytes=tmp.stat().st_size
-        )
+        size = tmp.stat().st_size
+        if not self.store.exists(key):
+            self.store.put_file(key, tmp)
+        self.state.add_model(ModelRecord(self.name, 0, key, None, sha, size, time.time()))
         tmp.unlink()
+        self.event("SeedStored", f"seed model stored ({len(header.tensors)} tensors, {size} bytes)")
+        self.log.info("seed model stored", key=key, tensors=len(header.tensors), bytes=size)
+
+    def _client_init(self, key: str) -> None:
+        """Ask one connected client to create the seed model (spec.model.initFn or
+        initCommand, run where the user's code is)."""
+        c = self.spec.clients
+        for attempt in range(1, self.spec.retry.max_attempts + 1):
+            connected = self._wait_for_clients(1, 1)
+            live = sorted(n for n, k in connected.items() if k > 0)
+            if not live:
+                reason = "no client connected to create the seed model"
+            else:
+                plan = pb.RoundPlan(
+                    job=self.name,
+                    round=0,
+                    attempt=attempt,
+                    kind=pb.TASK_KIND_INIT,
+                    model_key=key,
+                    deadline_unix_ms=int((time.time() + c.round_timeout_seconds) * 1000),
+                    config_json=json.dumps(self.spec.train.config),
+                    seed=self.spec.seed,
+                    max_bytes=self.spec.model.max_bytes,
+                )
+                results = self._run_on_combiners(plan, {live[0]: 1}, lambda n, p: None)
+                if any(r.partial is not None and r.partial.n_updates == 1 for r in results):
+                    return
+                reason = "; ".join(r.error for r in results if r.error) or "the client failed"
+            self.event("SeedFailed", f"init attempt {attempt}: {reason}", "warning", round=0)
+            self.log.warning("seed model not created", attempt=attempt, reason=reason)
+        raise RoundFailed(
+            f"the seed model could not be created by a client (spec.model.initFn/initCommand) "
+            f"after {self.spec.retry.max_attempts} attempts"
+        )
 
     # ------------------------------------------------------------ one round
 
@@ -560,8 +577,6 @@ class Reducer:
                 ppath = self._fetch(res.partial.key, work / f"{res.name}.safetensors")
                 try:
                     with MappedModel(ppath, max_bytes=self.spec.model.max_bytes) as mm:
-                        from fedkube.model import check_compatible, check_finite
-
                         check_compatible(template, mm.header)
                         check_finite(mm)
                         agg.add(mm, res.partial.weight)

@@ -24,9 +24,16 @@ import grpc
 from fedkube.aggregate import make_aggregator
 from fedkube.aggregate.base import Aggregator
 from fedkube.combiner.verify import check_report, open_update
-from fedkube.errors import UpdateRejected
+from fedkube.errors import ModelFileError, UpdateRejected
 from fedkube.logs import get_logger
-from fedkube.model import ModelHeader, read_header, save_model
+from fedkube.model import (
+    MappedModel,
+    ModelHeader,
+    check_finite,
+    read_header,
+    save_model,
+    sha256_file,
+)
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
 from fedkube.rpc import token_ok
@@ -274,13 +281,14 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
     async def ReportUpdate(self, request: pb.Update, context: grpc.aio.ServicerContext) -> pb.Ack:
         await self._auth(context, self.client_token, "client")
         log = self.log.bind(round=request.round, attempt=request.attempt, client=request.client_id)
+        init = self.run is not None and self.run.plan.kind == pb.TASK_KIND_INIT
         try:
             run, a = self._expected(
                 request.task_id,
                 request.client_id,
                 request.round,
                 request.attempt,
-                pb.TASK_KIND_TRAIN,
+                pb.TASK_KIND_INIT if init else pb.TASK_KIND_TRAIN,
             )
         except UpdateRejected as rej:
             log.warning("update ignored", reason=rej.reason, detail=str(rej))
@@ -310,7 +318,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         a.status = "checking"  # neither pending nor final: a duplicate report is refused
         try:
             check_report(request.num_examples, dict(request.metrics))
-            await self._cpu_call(self._aggregate, run, request)
+            await self._cpu_call(self._check_seed if init else self._aggregate, run, request)
         except UpdateRejected as rej:
             run.settle(a, REJECTED, rej.reason)
             log.warning("update rejected", reason=rej.reason, detail=str(rej))
@@ -373,6 +381,34 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         c = self.clients.get(client_id)
         if c is not None and c.busy == task_id:
             c.busy = None
+
+    def _check_seed(self, run: RoundRun, req: pb.Update) -> None:
+        """Check a seed model a client created for an init task (worker thread)."""
+        key = run.plan.model_key
+        local = self.store.local_path(key)
+        tmp: Path | None = None
+        try:
+            if local is None:
+                if not self.store.exists(key):
+                    raise UpdateRejected("missing", "the seed model was not uploaded")
+                tmp = self.workdir / f"seed-{run.plan.attempt}.safetensors"
+                self.store.get_file(key, tmp)
+                path = tmp
+            else:
+                path = local
+            if req.sha256 and sha256_file(path) != req.sha256:
+                raise UpdateRejected("checksum", "sha256 of the seed model does not match")
+            try:
+                with MappedModel(path, max_bytes=run.plan.max_bytes) as model:
+                    check_finite(model)
+            except ModelFileError as exc:
+                raise UpdateRejected("corrupt", f"seed model: {exc}") from None
+        except UpdateRejected:
+            self.store.delete(key)  # never leave a bad seed where the reducer looks
+            raise
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
     def _aggregate(self, run: RoundRun, req: pb.Update) -> None:
         """Fetch, check and fold one update into the running sum (worker thread)."""
@@ -597,7 +633,11 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         plan = run.plan
         # Presigned URLs live as long as the attempt (plus a margin), no longer.
         ttl = int(max(60.0, plan.deadline_unix_ms / 1000 - time.time() + 300))
-        model = self._transfer(plan.model_key, put=False, ttl=ttl)
+        model = (
+            pb.Transfer()
+            if plan.kind == pb.TASK_KIND_INIT
+            else self._transfer(plan.model_key, put=False, ttl=ttl)
+        )
         tasks = []
         for a in list(run.assignments.values()):
             task = pb.Task(
@@ -610,6 +650,11 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 deadline_unix_ms=plan.deadline_unix_ms,
                 max_bytes=plan.max_bytes,
             )
+            if plan.kind == pb.TASK_KIND_INIT:
+                self.store.delete(plan.model_key)
+                task.upload.CopyFrom(self._transfer(plan.model_key, put=True, ttl=ttl))
+                tasks.append(task)
+                continue
             task.model.CopyFrom(model)
             if plan.kind == pb.TASK_KIND_TRAIN:
                 key = update_key(plan.job, plan.round, plan.attempt, a.client_id)
@@ -637,6 +682,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             num_examples=sum(a.num_examples for a in accepted),
             metrics=metrics,
         )
+        if plan.kind == pb.TASK_KIND_INIT and accepted:
+            partial.key, partial.weight = plan.model_key, 1.0
         if plan.kind == pb.TASK_KIND_TRAIN and accepted:
             key = partial_key(plan.job, plan.round, plan.attempt, self.name)
             weight = await self._cpu_call(self._write_partial, run, key)

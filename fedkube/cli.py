@@ -477,6 +477,18 @@ def client(
         str | None,
         typer.Option("--validate-cmd", help="Validate command, run as `CMD IN_MODEL OUT_JSON`."),
     ] = None,
+    init_fn: Annotated[
+        str | None,
+        typer.Option(
+            "--init-fn",
+            help="In-process function package.module:function returning the seed model, "
+            "for the job's init task.",
+        ),
+    ] = None,
+    init_cmd: Annotated[
+        str | None,
+        typer.Option("--init-cmd", help="Seed-model command, run as `CMD OUT_MODEL`."),
+    ] = None,
     workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
     job_dir: JobDirOpt = None,
     client_index: Annotated[
@@ -522,6 +534,8 @@ def client(
         env: dict[str, str] = {}
         train_argv = split_command(train_cmd)
         validate_argv = split_command(validate_cmd)
+        init_argv = split_command(init_cmd)
+        spec_init_fn: str | None = None
         jpath = Path(job)
         if jpath.suffix in (".yaml", ".yml", ".json") or jpath.exists():
             spec_job = _load(jpath)
@@ -530,20 +544,34 @@ def client(
             cwd = (job_dir or jpath.parent).resolve()
             sys.path.insert(0, str(cwd))
             env = dict(t.env)
-            if not (train_fn or train_cmd or validate_fn or validate_cmd):
+            m = spec_job.spec.model
+            if not (train_fn or train_cmd or validate_fn or validate_cmd or init_fn or init_cmd):
                 prefer_fn = spec_job.spec.clients.simulation.in_process
                 if t.fn and (prefer_fn or not t.command):
-                    train_fn, validate_fn = t.fn, t.validate_fn
+                    train_fn, validate_fn, init_fn = t.fn, t.validate_fn, m.init_fn
                 else:
                     train_argv, validate_argv = t.command, t.validate_command
-        if (train_fn or validate_fn) and (train_argv or validate_argv):
-            raise ValueError("use either --train-fn/--validate-fn or --train-cmd/--validate-cmd")
+                    init_argv = m.init_command
+                    spec_init_fn = m.init_fn  # the seed may still be a function
+        if (train_fn or validate_fn or init_fn) and (train_argv or validate_argv or init_argv):
+            raise ValueError(
+                "use either the in-process functions (--train-fn, --validate-fn, --init-fn) "
+                "or the commands (--train-cmd, --validate-cmd, --init-cmd)"
+            )
         runner: TaskRunner
         wd = workdir.resolve()
-        if train_fn or validate_fn:
-            runner = InProcessRunner(train_fn, validate_fn)
-        elif train_argv or validate_argv:
-            runner = CommandRunner(train_argv, validate_argv, cwd=cwd, env=env, workdir=wd)
+        if train_fn or validate_fn or init_fn:
+            runner = InProcessRunner(train_fn, validate_fn, init_fn)
+        elif train_argv or validate_argv or init_argv:
+            runner = CommandRunner(
+                train_argv,
+                validate_argv,
+                cwd=cwd,
+                env=env,
+                workdir=wd,
+                init_cmd=init_argv,
+                init_fn=spec_init_fn,
+            )
         else:
             raise ValueError(
                 "no train entrypoint: pass --train-fn or --train-cmd, or a job file with spec.train"

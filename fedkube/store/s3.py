@@ -253,14 +253,15 @@ class S3ObjectStore(ObjectStore):
                     continue
                 raise self._map_error(exc, what, key) from exc
 
-    def _ensure_bucket(self, what: str, key: str | None) -> None:
-        """Create the bucket (create_bucket) or check that it exists, once.
+    def _ensure_bucket(self, what: str, key: str | None, *, check: bool = True) -> None:
+        """Create the bucket (create_bucket) or, when `check`, check that it exists; once.
 
         Without the check, a missing bucket would look like a missing object to
         HEAD requests (exists() False, size() ObjectNotFound): S3 answers them
-        with a bare 404 that the SDK reports as NoSuchKey.
+        with a bare 404 that the SDK reports as NoSuchKey. Presigning passes
+        check=False: with create_bucket off it needs no network at all.
         """
-        if self._bucket_ready:
+        if self._bucket_ready or not (check or self.create_bucket):
             return
         with self._bucket_lock:
             if self._bucket_ready:
@@ -286,8 +287,10 @@ class S3ObjectStore(ObjectStore):
                 self._retry("create bucket", None, create)
             self._bucket_ready = True
 
-    def _op(self, what: str, key: str | None, fn: Callable[[], T]) -> T:
-        self._ensure_bucket(what, key)
+    def _op(
+        self, what: str, key: str | None, fn: Callable[[], T], *, check_bucket: bool = True
+    ) -> T:
+        self._ensure_bucket(what, key, check=check_bucket)
         return self._retry(what, key, fn)
 
     # ---- ObjectStore
@@ -408,6 +411,7 @@ class S3ObjectStore(ObjectStore):
             "presign get of",
             key,
             lambda: client.presigned_get_object(self.bucket, key, expires=expires),
+            check_bucket=False,
         )
 
     def presign_put(self, key: str, expires_seconds: int = 900) -> str:
@@ -418,4 +422,5 @@ class S3ObjectStore(ObjectStore):
             "presign put of",
             key,
             lambda: client.presigned_put_object(self.bucket, key, expires=expires),
+            check_bucket=False,
         )

@@ -12,9 +12,11 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_UNSPECIFIED: _ClassVar[TaskKind]
     TASK_KIND_TRAIN: _ClassVar[TaskKind]
     TASK_KIND_VALIDATE: _ClassVar[TaskKind]
+    TASK_KIND_INIT: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_VALIDATE: TaskKind
+TASK_KIND_INIT: TaskKind
 
 class Hello(_message.Message):
     __slots__ = ("client_id", "job", "labels", "client_index", "num_clients")
