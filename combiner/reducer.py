@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 
 from fedkube.aggregate import WeightedMean, make_server_optimizer
-from fedkube.errors import FedkubeError, ModelFileError, TaskError
+from fedkube.errors import FedkubeError, ModelFileError, StoreError, TaskError
 from fedkube.logs import get_logger
 from fedkube.model import (
     MappedModel,
@@ -376,7 +376,9 @@ class Reducer:
             try:
                 self._train_attempt(r, attempt)
                 return
-            except RoundFailed as exc:
+            except (RoundFailed, StoreError) as exc:
+                # A storage outage fails the attempt like a missing quorum does: it is
+                # retried after a backoff instead of crashing the reducer.
                 self.state.fail_attempt(self.name, r, attempt, str(exc))
                 self.event(
                     "AttemptFailed",
@@ -385,7 +387,13 @@ class Reducer:
                     round=r,
                     attempt=attempt,
                 )
-                self.log.warning("attempt failed", round=r, attempt=attempt, error=str(exc))
+                failures = self._failed_attempts(r)
+                delay = min(60.0, self.spec.retry.backoff_seconds * 2 ** max(0, failures - 1))
+                self.log.warning(
+                    "attempt failed", round=r, attempt=attempt, error=str(exc), retry_in=delay
+                )
+                if failures < limit and self._stop.wait(delay):
+                    raise
                 if self._stop.is_set():
                     raise
         raise RoundFailed(f"round {r} failed after {limit} attempts (retry.maxAttempts)")
@@ -539,8 +547,11 @@ class Reducer:
         self.state.update_job(
             self.name, completed_rounds=r, current_round=r, latest_model=new_key, metrics=metrics
         )
-        for p in partials:
-            self.store.delete(p.key)
+        for p in partials:  # housekeeping: the round is committed whatever happens here
+            try:
+                self.store.delete(p.key)
+            except FedkubeError as exc:
+                log.warning("cannot delete a partial", key=p.key, error=str(exc))
         self.event(
             "RoundCompleted",
             f"round {r} committed: {n_updates} updates, "
@@ -608,6 +619,13 @@ class Reducer:
     # ------------------------------------------------------------ validation
 
     def _maybe_validate(self, r: int, *, resume: bool = False) -> None:
+        try:
+            self._validate_round(r, resume=resume)
+        except StoreError as exc:  # the round is committed; its validation is best effort
+            self.event("ValidationFailed", f"round {r}: {exc}", "warning", round=r)
+            self.log.warning("validation failed", round=r, error=str(exc))
+
+    def _validate_round(self, r: int, *, resume: bool) -> None:
         v = self.spec.validation
         if not v.enabled or not (r % v.every == 0 or r == self.spec.rounds):
             return

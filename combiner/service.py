@@ -24,7 +24,7 @@ import grpc
 from fedkube.aggregate import make_aggregator
 from fedkube.aggregate.base import Aggregator
 from fedkube.combiner.verify import check_report, open_update
-from fedkube.errors import ModelFileError, UpdateRejected
+from fedkube.errors import FedkubeError, ModelFileError, UpdateRejected
 from fedkube.logs import get_logger
 from fedkube.model import (
     MappedModel,
@@ -534,7 +534,11 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         log = self.log.bind(round=plan.round, attempt=plan.attempt)
         try:
             if plan.kind == pb.TASK_KIND_TRAIN:
-                await self._cpu_call(self._prepare_train, run)
+                try:
+                    await self._cpu_call(self._prepare_train, run)
+                except FedkubeError as exc:
+                    log.error("cannot prepare the round", error=str(exc))
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot prepare round: {exc}")
             self._reap()
             await self._assign(run)
             log.info(

@@ -312,6 +312,13 @@ class RetrySpec(_Model):
     """Retries of a failed round."""
 
     max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts per round.")
+    backoff_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="Wait before the next attempt of a failed round, doubled after each "
+        "failure (at most 60 s), so a short outage (storage restart) costs a retry, not the job.",
+    )
 
 
 class LocalStorageSpec(_Model):

@@ -145,7 +145,7 @@ class S3ObjectStore(ObjectStore):
         secure: bool = True,
         public_endpoint: str | None = None,
         create_bucket: bool = True,
-        retries: int = 3,
+        retries: int = 5,
     ) -> None:
         self.endpoint, self.secure = split_endpoint(endpoint, secure)
         try:
