@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,14 @@ def manifest_of(body: Any) -> dict[str, Any]:
         },
         "spec": dict(body.get("spec") or {}),
     }
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the service account; elsewhere: $KUBECONFIG (set from --kubeconfig)."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        return kopf.login_with_service_account(**kwargs)
+    return kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()

@@ -40,7 +40,9 @@ What the runner does, per Pod of the namespace:
   waiting with reason ``CreateContainerConfigError`` until it appears.
   Added to every container: ``HOSTNAME`` (the Pod's hostname), ``HOME`` (the
   Pod directory), ``PYTHONUNBUFFERED=1`` (timely logs; a container's own env
-  wins), ``PATH`` (the venv's bin first) and ``FEDKUBE_BIND_HOST=<pod IP>``;
+  wins), ``GRPC_DNS_RESOLVER=native`` (gRPC's c-ares resolver misreads hosts
+  files that give a headless Service several addresses; test processes on
+  the host that dial pod names need it too), ``PATH`` (the venv's bin first) and ``FEDKUBE_BIND_HOST=<pod IP>``;
   then ``env_overrides`` on top of everything.
 - **Volumes**: materialised once per Pod under ``<workdir>/<pod>-<uid>/volumes/
   <volume>``: ``configMap`` and ``secret`` (keys -> files; ``items``,
@@ -1536,6 +1538,11 @@ class PodRunner:
             "HOSTNAME": hostname,
             "HOME": str(w.dir),
             "PYTHONUNBUFFERED": "1",
+            # gRPC's default (c-ares) resolver mixes up names in a hosts file where
+            # one name has several addresses (a headless Service) and others one
+            # each (its pods); the system resolver reads it right. Cluster DNS has
+            # no such problem, so this only concerns the runner's hosts files.
+            "GRPC_DNS_RESOLVER": "native",
         }
         env.update(cenv)
         env["PATH"] = f"{VENV_BIN}:{cenv.get('PATH') or os.environ.get('PATH') or DEFAULT_PATH}"
