@@ -15,6 +15,14 @@ if ! bash scripts/build_ferretdb.sh; then
   case "${CI:-}" in 1|true|TRUE|True|yes) exit 1 ;; esac
   echo "warning: no FerretDB; the MongoDB tests will be skipped" >&2
 fi
+# The Kubernetes tests run etcd, kube-apiserver and kube-controller-manager,
+# built with Go from the module proxy into ~/.cache/fedkube/k8s once (minutes
+# the first time, a second afterwards).
+echo "==> kubernetes test environment"
+if ! bash scripts/build_k8s.sh >/dev/null; then
+  case "${CI:-}" in 1|true|TRUE|True|yes) exit 1 ;; esac
+  echo "warning: no Kubernetes test binaries; the Kubernetes tests will be skipped" >&2
+fi
 echo "==> pytest"
 set +e
 python -m pytest -q -p no:cacheprovider "$@"

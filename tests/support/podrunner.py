@@ -42,8 +42,8 @@ What the runner does, per Pod of the namespace:
   Pod directory), ``PYTHONUNBUFFERED=1`` (timely logs; a container's own env
   wins), ``GRPC_DNS_RESOLVER=native`` (gRPC's c-ares resolver misreads hosts
   files that give a headless Service several addresses; test processes on
-  the host that dial pod names need it too), ``PATH`` (the venv's bin first) and ``FEDKUBE_BIND_HOST=<pod IP>``;
-  then ``env_overrides`` on top of everything.
+  the host that dial pod names need it too), ``PATH`` (the venv's bin first)
+  and ``FEDKUBE_BIND_HOST=<pod IP>``; then ``env_overrides`` on top of everything.
 - **Volumes**: materialised once per Pod under ``<workdir>/<pod>-<uid>/volumes/
   <volume>``: ``configMap`` and ``secret`` (keys -> files; ``items``,
   ``defaultMode``, ``optional``), ``emptyDir``, ``downwardAPI``, ``projected``
