@@ -184,11 +184,11 @@ class ClientRuntime:
         t0 = time.monotonic()
         try:
             if task.kind == pb.TASK_KIND_TRAIN:
-                self._train(stub, task, ctx, timeout, md, log)
+                self._train(stub, task, ctx, timeout, md)
             elif task.kind == pb.TASK_KIND_INIT:
                 self._init(stub, task, ctx, timeout, md)
             elif task.kind == pb.TASK_KIND_VALIDATE:
-                self._validate(stub, task, ctx, timeout, md, log)
+                self._validate(stub, task, ctx, timeout, md)
             else:
                 log.warning("unknown task kind", kind=task.kind)
         finally:
@@ -207,7 +207,6 @@ class ClientRuntime:
         ctx: TaskContext,
         timeout: float,
         md: tuple[tuple[str, str]],
-        log: object,
     ) -> None:
         upd = pb.Update(
             task_id=task.task_id,
@@ -275,7 +274,6 @@ class ClientRuntime:
         ctx: TaskContext,
         timeout: float,
         md: tuple[tuple[str, str]],
-        log: object,
     ) -> None:
         rep = pb.Validation(
             task_id=task.task_id,

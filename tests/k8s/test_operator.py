@@ -362,7 +362,7 @@ def test_end_to_end_mnist_on_the_cluster(
     pytest.importorskip("torch")
     ns = namespace
     secrets(k8s, ns, s3_server, mongo_uri)
-    m = job_for(s3_server, s3_bucket, rounds=3)
+    m = job_for(s3_server, s3_bucket, rounds=3, ttlSecondsAfterFinished=15)
     m["spec"]["clients"].update(perRound=4, minUpdates=4)
     m["spec"]["clients"]["simulation"] = {"clients": 4}
     k8s.apply(m, namespace=ns)
@@ -460,6 +460,13 @@ def test_end_to_end_mnist_on_the_cluster(
             )["items"]
         }
         assert {"JobRunning", "RoundCompleted", "JobSucceeded"} <= reasons, reasons
+        # ttlSecondsAfterFinished: the finished job (and so its children) goes away.
+        wait_for(lambda: get(k8s, ns, "fedjob", "mnist") is None, 90, "the TTL to delete it")
+        wait_for(
+            lambda: get(k8s, ns, "statefulset", "mnist-combiner") is None,
+            60,
+            "its children to be collected",
+        )
     finally:
         for p in clients:
             if p.poll() is None:

@@ -234,8 +234,14 @@ class KubeAPI:
                 resp = conn.getresponse()
                 raw = resp.read()
                 break
-            except (http.client.RemoteDisconnected, ConnectionError, http.client.BadStatusLine):
-                # a keep-alive connection the server closed; retry once on a new one
+            except (
+                http.client.RemoteDisconnected,
+                ConnectionError,
+                http.client.BadStatusLine,
+                ssl.SSLEOFError,
+            ):
+                # a keep-alive connection the server closed (on TLS, possibly mid-
+                # handshake: SSLEOFError); retry once on a new one
                 conn.close()
                 self._local.conn = None
                 if attempt:
