@@ -14,6 +14,7 @@ import random
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,28 +209,12 @@ class ClientRuntime:
         timeout: float,
         md: tuple[tuple[str, str]],
     ) -> None:
-        upd = pb.Update(
-            task_id=task.task_id,
-            client_id=self.cfg.client_id,
-            job=task.job,
-            round=task.round,
-            attempt=task.attempt,
-        )
-        out = self.cfg.workdir / "update.safetensors"
-        try:
+        def train(upd: pb.Update, out: Path) -> None:
             in_path = self.transport.download(task.model, self.cfg.workdir / "global.safetensors")
-            num, metrics = self.runner.train(in_path, out, ctx, timeout)
-            upd.num_examples = num
+            upd.num_examples, metrics = self.runner.train(in_path, out, ctx, timeout)
             upd.metrics.update(metrics)
-            upd.size = out.stat().st_size
-            upd.sha256 = sha256_file(out)
-            self.transport.upload(out, task.upload)
-        except Exception as exc:
-            self.log.error("training failed", round=task.round, error=str(exc), exc_info=True)
-            upd.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
-        finally:
-            out.unlink(missing_ok=True)
-        ack = stub.ReportUpdate(upd, metadata=md, timeout=120)
+
+        ack, upd = self._upload_and_report(stub, task, md, "update.safetensors", "training", train)
         if ack.accepted:
             self.log.info("update accepted", round=task.round, num_examples=upd.num_examples)
         else:
@@ -245,27 +230,43 @@ class ClientRuntime:
         timeout: float,
         md: tuple[tuple[str, str]],
     ) -> None:
+        def init(upd: pb.Update, out: Path) -> None:
+            upd.num_examples = 1
+            self.runner.init(out, ctx, timeout)
+
+        ack, _ = self._upload_and_report(stub, task, md, "seed.safetensors", "init", init)
+        self.log.info("seed model reported", accepted=ack.accepted, reason=ack.reason)
+
+    def _upload_and_report(
+        self,
+        stub: pb_grpc.CombinerStub,
+        task: pb.Task,
+        md: tuple[tuple[str, str]],
+        filename: str,
+        what: str,
+        produce: Callable[[pb.Update, Path], None],
+    ) -> tuple[pb.Ack, pb.Update]:
+        """Let `produce` write a model file (and fill the report), upload it to the
+        task's location and report it; a failure is reported as the client's error."""
         upd = pb.Update(
             task_id=task.task_id,
             client_id=self.cfg.client_id,
             job=task.job,
             round=task.round,
             attempt=task.attempt,
-            num_examples=1,
         )
-        out = self.cfg.workdir / "seed.safetensors"
+        out = self.cfg.workdir / filename
         try:
-            self.runner.init(out, ctx, timeout)
+            produce(upd, out)
             upd.size = out.stat().st_size
             upd.sha256 = sha256_file(out)
             self.transport.upload(out, task.upload)
         except Exception as exc:
-            self.log.error("init failed", error=str(exc), exc_info=True)
-            upd.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
+            self.log.error(f"{what} failed", round=task.round, error=str(exc), exc_info=True)
+            upd.error = _error_text(exc)
         finally:
             out.unlink(missing_ok=True)
-        ack = stub.ReportUpdate(upd, metadata=md, timeout=120)
-        self.log.info("seed model reported", accepted=ack.accepted, reason=ack.reason)
+        return stub.ReportUpdate(upd, metadata=md, timeout=120), upd
 
     def _validate(
         self,
@@ -289,5 +290,10 @@ class ClientRuntime:
             rep.metrics.update(metrics)
         except Exception as exc:
             self.log.error("validation failed", round=task.round, error=str(exc), exc_info=True)
-            rep.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
+            rep.error = _error_text(exc)
         stub.ReportValidation(rep, metadata=md, timeout=60)
+
+
+def _error_text(exc: BaseException) -> str:
+    """The exception as the client reports it (type and message, bounded)."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]

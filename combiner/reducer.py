@@ -566,13 +566,6 @@ class Reducer:
             seconds=round(timings["total_s"], 3),
         )
 
-    def _fetch(self, key: str, dest: Path) -> Path:
-        local = self.store.local_path(key)
-        if local is not None:
-            return local
-        self.store.get_file(key, dest)
-        return dest
-
     def _merge_and_step(
         self, r: int, attempt: int, good: list[CombinerResult]
     ) -> tuple[str, str, int]:
@@ -580,12 +573,12 @@ class Reducer:
         store model r (and the optimizer state). Returns (key, sha256, size)."""
         work = Path(tempfile.mkdtemp(prefix=f"merge-{r}-", dir=self.cfg.workdir))
         try:
-            gpath = self._fetch(model_key(self.name, r - 1), work / "global.safetensors")
+            gpath = self.store.fetch(model_key(self.name, r - 1), work / "global.safetensors")
             template = read_header(gpath)
             agg = WeightedMean(template)
             for res in good:
                 assert res.partial is not None
-                ppath = self._fetch(res.partial.key, work / f"{res.name}.safetensors")
+                ppath = self.store.fetch(res.partial.key, work / f"{res.name}.safetensors")
                 try:
                     with MappedModel(ppath, max_bytes=self.spec.model.max_bytes) as mm:
                         check_compatible(template, mm.header)
@@ -603,7 +596,7 @@ class Reducer:
                 state: dict[str, np.ndarray] = {}
                 okey = optimizer_key(self.name, r - 1)
                 if self.store.exists(okey):
-                    state = load_model(self._fetch(okey, work / "opt.safetensors"))
+                    state = load_model(self.store.fetch(okey, work / "opt.safetensors"))
                 new_model, new_state = opt.step(current, aggregated, state)
                 spath = work / "opt-new.safetensors"
                 save_model(spath, new_state, {"round": str(r)})

@@ -24,15 +24,12 @@ import grpc
 from fedkube.aggregate import make_aggregator
 from fedkube.aggregate.base import Aggregator
 from fedkube.combiner.verify import check_report, open_update
-from fedkube.errors import FedkubeError, ModelFileError, UpdateRejected
+from fedkube.errors import FedkubeError, UpdateRejected
 from fedkube.logs import get_logger
 from fedkube.model import (
-    MappedModel,
     ModelHeader,
-    check_finite,
     read_header,
     save_model,
-    sha256_file,
 )
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
@@ -385,30 +382,17 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
     def _check_seed(self, run: RoundRun, req: pb.Update) -> None:
         """Check a seed model a client created for an init task (worker thread)."""
         key = run.plan.model_key
-        local = self.store.local_path(key)
-        tmp: Path | None = None
+        tmp = self.workdir / f"seed-{run.plan.attempt}.safetensors"
         try:
-            if local is None:
-                if not self.store.exists(key):
-                    raise UpdateRejected("missing", "the seed model was not uploaded")
-                tmp = self.workdir / f"seed-{run.plan.attempt}.safetensors"
-                self.store.get_file(key, tmp)
-                path = tmp
-            else:
-                path = local
-            if req.sha256 and sha256_file(path) != req.sha256:
-                raise UpdateRejected("checksum", "sha256 of the seed model does not match")
-            try:
-                with MappedModel(path, max_bytes=run.plan.max_bytes) as model:
-                    check_finite(model)
-            except ModelFileError as exc:
-                raise UpdateRejected("corrupt", f"seed model: {exc}") from None
+            if self.store.local_path(key) is None and not self.store.exists(key):
+                raise UpdateRejected("missing", "the seed model was not uploaded")
+            path = self.store.fetch(key, tmp)
+            open_update(path, None, max_bytes=run.plan.max_bytes, sha256=req.sha256 or None).close()
         except UpdateRejected:
             self.store.delete(key)  # never leave a bad seed where the reducer looks
             raise
         finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
 
     def _aggregate(self, run: RoundRun, req: pb.Update) -> None:
         """Fetch, check and fold one update into the running sum (worker thread)."""
@@ -416,11 +400,11 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             raise UpdateRejected("past_round", "the round was cancelled")
         key = update_key(self.job.name, run.plan.round, run.plan.attempt, req.client_id)
         t0 = time.perf_counter()
-        local = self.store.local_path(key)
-        tmp: Path | None = None
+        assert run.workdir is not None
+        tmp = run.workdir / f"{req.client_id}.safetensors"
         try:
-            if local is None:
-                assert run.workdir is not None
+            if self.store.local_path(key) is None:
+                # Refuse before downloading what is missing or too large.
                 if not self.store.exists(key):
                     raise UpdateRejected("missing", "the update file was not uploaded")
                 size = self.store.size(key)
@@ -429,11 +413,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                         "too_large",
                         f"update is {size} bytes, over the limit of {run.plan.max_bytes} bytes",
                     )
-                tmp = run.workdir / f"{req.client_id}.safetensors"
-                self.store.get_file(key, tmp)
-                path = tmp
-            else:
-                path = local
+            path = self.store.fetch(key, tmp)
             model = open_update(
                 path, run.template, max_bytes=run.plan.max_bytes, sha256=req.sha256 or None
             )
@@ -443,8 +423,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 model.close()
             self.store.delete(key)  # accepted updates are folded in and dropped
         finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             run.agg_seconds += time.perf_counter() - t0
 
     async def ReportValidation(
@@ -602,11 +581,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
     def _prepare_train(self, run: RoundRun) -> None:
         """Read the global model's header (the template every update must match)."""
         run.workdir = Path(tempfile.mkdtemp(prefix=f"r{run.plan.round}-", dir=self.workdir))
-        local = self.store.local_path(run.plan.model_key)
-        if local is None:
-            local = run.workdir / "global.safetensors"
-            self.store.get_file(run.plan.model_key, local)
-        run.template = read_header(local)
+        global_model = self.store.fetch(run.plan.model_key, run.workdir / "global.safetensors")
+        run.template = read_header(global_model)
         run.aggregator = make_aggregator(
             self.job.spec.aggregator, run.template, spill_dir=run.workdir / "spill"
         )

@@ -38,12 +38,15 @@ def check_report(num_examples: int, metrics: Mapping[str, float]) -> None:
 
 def open_update(
     path: str | Path,
-    template: ModelHeader,
+    template: ModelHeader | None,
     *,
     max_bytes: int,
     sha256: str | None = None,
 ) -> MappedModel:
-    """Open and fully check an update file; the caller closes the returned model."""
+    """Open and fully check an update file; the caller closes the returned model.
+
+    With `template` None (a seed model, which nothing precedes) the names,
+    shapes and dtypes are not compared; every other check applies."""
     p = Path(path)
     if not p.exists():
         raise UpdateRejected("missing", "the update file was not uploaded")
@@ -58,7 +61,8 @@ def open_update(
     except ModelFileError as exc:
         raise UpdateRejected(_reason_for(str(exc)), str(exc)) from None
     try:
-        check_compatible(template, model.header)
+        if template is not None:
+            check_compatible(template, model.header)
         check_finite(model)
     except ModelFileError as exc:
         model.close()

@@ -159,18 +159,17 @@ def run(
 # ---------------------------------------------------------------- status
 
 
-def _open_state(workdir: Path, state: str | None, job_file: Path | None = None) -> StateStore:
+def _open_state(workdir: Path, state: str | None) -> StateStore:
+    """--state, else the embedded SQLite store of the workdir."""
     from fedkube.settings import state_uri
-    from fedkube.spec import load_job_file
     from fedkube.state import open_state_store
 
-    job = load_job_file(job_file) if job_file else None
-    if state is None and job is None and not (workdir / "state.db").exists():
+    if state is None and not (workdir / "state.db").exists():
         raise FedkubeError(
             f"no state store in {workdir.resolve()} (run `fedkube run` there, or "
             "pass --workdir or --state)"
         )
-    return open_state_store(state_uri(job, workdir.resolve(), state))
+    return open_state_store(state_uri(None, workdir.resolve(), state))
 
 
 @app.command()

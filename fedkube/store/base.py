@@ -94,3 +94,13 @@ class ObjectStore(abc.ABC):
     def local_path(self, key: str) -> Path | None:
         """The file behind `key` when the store is a local directory, else None."""
         return None
+
+    def fetch(self, key: str, dest: str | Path) -> Path:
+        """A local file with the object's bytes: the object itself in a local store
+        (not copied; it may not exist), else `dest` after downloading it there.
+        The caller removes `dest` when done."""
+        local = self.local_path(key)
+        if local is not None:
+            return local
+        self.get_file(key, dest)
+        return Path(dest)
