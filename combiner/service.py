@@ -38,6 +38,7 @@ from fedkube.selection import derive_seed, select_clients, weighted_metrics
 from fedkube.spec import FederatedJob
 from fedkube.state import ClientRecord, EventRecord, StateStore, UpdateRecord
 from fedkube.store import ObjectStore, partial_key, update_key
+from fedkube.vocabulary import Reason
 
 T = TypeVar("T")
 
@@ -251,28 +252,37 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         run = self.run
         if run is None or run.cancelled:
             raise UpdateRejected(
-                "past_round" if run is None or round_ <= run.plan.round else "unknown_task",
+                Reason.PAST_ROUND
+                if run is None or round_ <= run.plan.round
+                else Reason.UNKNOWN_TASK,
                 "no round is running on this combiner",
             )
         a = run.assignments.get(task_id)
         if a is None:
             if (round_, attempt) < (run.plan.round, run.plan.attempt):
                 raise UpdateRejected(
-                    "past_round",
+                    Reason.PAST_ROUND,
                     f"report for round {round_} attempt {attempt}; round "
                     f"{run.plan.round} attempt {run.plan.attempt} is running",
                 )
-            raise UpdateRejected("unknown_task", f"task {task_id!r} is not a task of this round")
+            raise UpdateRejected(
+                Reason.UNKNOWN_TASK, f"task {task_id!r} is not a task of this round"
+            )
         if run.plan.kind != kind:
-            raise UpdateRejected("unknown_task", f"task {task_id!r} is not a task of this kind")
+            raise UpdateRejected(
+                Reason.UNKNOWN_TASK, f"task {task_id!r} is not a task of this kind"
+            )
         if a.client_id != client_id:
             raise UpdateRejected(
-                "unknown_task", f"task {task_id!r} was given to another client, not {client_id!r}"
+                Reason.UNKNOWN_TASK,
+                f"task {task_id!r} was given to another client, not {client_id!r}",
             )
         if (round_, attempt) != (run.plan.round, run.plan.attempt):
-            raise UpdateRejected("unknown_task", "round/attempt do not match the task")
+            raise UpdateRejected(Reason.UNKNOWN_TASK, "round/attempt do not match the task")
         if a.status != PENDING:
-            raise UpdateRejected("duplicate", f"task {task_id!r} was already reported ({a.status})")
+            raise UpdateRejected(
+                Reason.DUPLICATE, f"task {task_id!r} was already reported ({a.status})"
+            )
         return run, a
 
     async def ReportUpdate(self, request: pb.Update, context: grpc.aio.ServicerContext) -> pb.Ack:
@@ -385,7 +395,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         tmp = self.workdir / f"seed-{run.plan.attempt}.safetensors"
         try:
             if self.store.local_path(key) is None and not self.store.exists(key):
-                raise UpdateRejected("missing", "the seed model was not uploaded")
+                raise UpdateRejected(Reason.MISSING, "the seed model was not uploaded")
             path = self.store.fetch(key, tmp)
             open_update(path, None, max_bytes=run.plan.max_bytes, sha256=req.sha256 or None).close()
         except UpdateRejected:
@@ -397,7 +407,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
     def _aggregate(self, run: RoundRun, req: pb.Update) -> None:
         """Fetch, check and fold one update into the running sum (worker thread)."""
         if run.cancelled or run.aggregator is None or run.template is None:
-            raise UpdateRejected("past_round", "the round was cancelled")
+            raise UpdateRejected(Reason.PAST_ROUND, "the round was cancelled")
         key = update_key(self.job.name, run.plan.round, run.plan.attempt, req.client_id)
         t0 = time.perf_counter()
         assert run.workdir is not None
@@ -406,11 +416,11 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             if self.store.local_path(key) is None:
                 # Refuse before downloading what is missing or too large.
                 if not self.store.exists(key):
-                    raise UpdateRejected("missing", "the update file was not uploaded")
+                    raise UpdateRejected(Reason.MISSING, "the update file was not uploaded")
                 size = self.store.size(key)
                 if size > run.plan.max_bytes:
                     raise UpdateRejected(
-                        "too_large",
+                        Reason.TOO_LARGE,
                         f"update is {size} bytes, over the limit of {run.plan.max_bytes} bytes",
                     )
             path = self.store.fetch(key, tmp)

@@ -1,7 +1,8 @@
-"""Checks an update file against the global model before it is aggregated.
+"""Checks a client's report and its update file before the update is aggregated.
 
-Every failure raises UpdateRejected with a short machine reason (also used in
-Ack.reason, update records and events) and a message naming the problem.
+Every failure raises UpdateRejected with a `fedkube.vocabulary.Reason` (also used
+in Ack.reason, update records and events) and a message naming the problem.
+The file checks' reasons come from the `ModelFileError` they raise.
 """
 
 from __future__ import annotations
@@ -12,28 +13,15 @@ from pathlib import Path
 
 from fedkube.errors import ModelFileError, UpdateRejected
 from fedkube.model import MappedModel, ModelHeader, check_compatible, check_finite, sha256_file
-
-
-def _reason_for(msg: str) -> str:
-    if "over the limit" in msg:
-        return "too_large"
-    if "wrong tensor names" in msg:
-        return "wrong_names"
-    if ": shape " in msg:
-        return "wrong_shape"
-    if ": dtype " in msg or "unsupported dtype" in msg:
-        return "wrong_dtype"
-    if "NaN or Inf" in msg:
-        return "not_finite"
-    return "corrupt"
+from fedkube.vocabulary import Reason
 
 
 def check_report(num_examples: int, metrics: Mapping[str, float]) -> None:
     if num_examples <= 0:
-        raise UpdateRejected("bad_weight", f"num_examples must be > 0, got {num_examples}")
+        raise UpdateRejected(Reason.BAD_WEIGHT, f"num_examples must be > 0, got {num_examples}")
     for k, v in metrics.items():
         if not math.isfinite(v):
-            raise UpdateRejected("bad_metrics", f"metric {k!r} is not finite ({v})")
+            raise UpdateRejected(Reason.BAD_METRICS, f"metric {k!r} is not finite ({v})")
 
 
 def open_update(
@@ -49,22 +37,23 @@ def open_update(
     shapes and dtypes are not compared; every other check applies."""
     p = Path(path)
     if not p.exists():
-        raise UpdateRejected("missing", "the update file was not uploaded")
+        raise UpdateRejected(Reason.MISSING, "the update file was not uploaded")
     if sha256:
         actual = sha256_file(p)
         if actual != sha256:
             raise UpdateRejected(
-                "checksum", f"sha256 mismatch: reported {sha256[:12]}..., file has {actual[:12]}..."
+                Reason.CHECKSUM,
+                f"sha256 mismatch: reported {sha256[:12]}..., file has {actual[:12]}...",
             )
     try:
         model = MappedModel(p, max_bytes=max_bytes)
     except ModelFileError as exc:
-        raise UpdateRejected(_reason_for(str(exc)), str(exc)) from None
+        raise UpdateRejected.from_file_error(exc) from None
     try:
         if template is not None:
             check_compatible(template, model.header)
         check_finite(model)
     except ModelFileError as exc:
         model.close()
-        raise UpdateRejected(_reason_for(str(exc)), str(exc)) from None
+        raise UpdateRejected.from_file_error(exc) from None
     return model

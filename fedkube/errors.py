@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fedkube.vocabulary import Reason
+
 
 class FedkubeError(Exception):
     """Base class of all fedkube errors."""
@@ -12,15 +14,31 @@ class SpecError(FedkubeError, ValueError):
 
 
 class ModelFileError(FedkubeError, ValueError):
-    """A model or update file is corrupt, oversized or not like the global model."""
+    """A model or update file is corrupt, oversized or not like the global model.
+
+    `reason` is the machine word for what is wrong (``Reason.CORRUPT``,
+    ``TOO_LARGE``, ``WRONG_NAMES``, ``WRONG_SHAPE``, ``WRONG_DTYPE``,
+    ``NOT_FINITE``); the message names the tensor or the limit.
+    """
+
+    def __init__(self, message: str, reason: Reason = Reason.CORRUPT) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class UpdateRejected(FedkubeError):
-    """A client's update was refused (bad file, unknown task, past round, ...)."""
+    """A client's report or update was refused (bad file, unknown task, past round, ...).
 
-    def __init__(self, reason: str, message: str) -> None:
+    `reason` goes into ``Ack.reason``, the update record and the event; the
+    message names the problem."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    @classmethod
+    def from_file_error(cls, exc: ModelFileError) -> UpdateRejected:
+        return cls(exc.reason, str(exc))
 
 
 class StoreError(FedkubeError):

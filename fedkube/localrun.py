@@ -33,7 +33,8 @@ from fedkube.report import job_status, make_console, render_status
 from fedkube.rpc import CLIENT_TOKEN_ENV, REDUCER_TOKEN_ENV
 from fedkube.settings import state_uri, store_uri
 from fedkube.spec import FederatedJob, load_job_file, parse_job
-from fedkube.state import FAILED, SUCCEEDED, StateStore, open_state_store
+from fedkube.state import StateStore, open_state_store
+from fedkube.vocabulary import Phase
 
 
 @dataclass
@@ -172,7 +173,7 @@ class LocalFederation:
             )
         finished = (
             existing is not None
-            and existing.phase == SUCCEEDED
+            and existing.phase == Phase.SUCCEEDED
             and existing.completed_rounds >= self.job.spec.rounds
         )
         return not finished
@@ -356,7 +357,7 @@ class LocalFederation:
             return 1
         if rec is not None:
             self.console.print(render_status(job_status(state, name)))
-        if rec is None or rec.phase != SUCCEEDED:
+        if rec is None or rec.phase != Phase.SUCCEEDED:
             self.console.print(
                 f"[red]job {name!r} did not succeed[/] (phase "
                 f"{rec.phase if rec else 'unknown'}, reducer exit "
@@ -432,4 +433,4 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> int:
 
 
 def phase_exit_code(phase: str) -> int:
-    return 0 if phase == SUCCEEDED else (1 if phase == FAILED else 2)
+    return 0 if phase == Phase.SUCCEEDED else (1 if phase == Phase.FAILED else 2)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedkube.errors import ModelFileError
+from fedkube.vocabulary import Reason
 
 # safetensors dtype codes <-> numpy dtypes (bfloat16 has no numpy dtype).
 _DTYPES: dict[str, np.dtype[Any]] = {
@@ -81,7 +82,7 @@ def _dtype_code(arr: np.ndarray) -> str:
         return _CODES[arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype]
     except KeyError:
         raise ModelFileError(
-            f"unsupported dtype {arr.dtype} (supported: {sorted(_DTYPES)})"
+            f"unsupported dtype {arr.dtype} (supported: {sorted(_DTYPES)})", Reason.WRONG_DTYPE
         ) from None
 
 
@@ -167,7 +168,9 @@ def read_header(path: str | Path, *, max_bytes: int | None = None) -> ModelHeade
     except OSError as exc:
         raise ModelFileError(f"cannot read model file {p.name}: {exc.strerror}") from None
     if max_bytes is not None and size > max_bytes:
-        raise ModelFileError(f"model file is {size} bytes, over the limit of {max_bytes} bytes")
+        raise ModelFileError(
+            f"model file is {size} bytes, over the limit of {max_bytes} bytes", Reason.TOO_LARGE
+        )
     if size < 8:
         raise ModelFileError(f"model file is corrupt: {size} bytes is too short for safetensors")
     with open(p, "rb") as f:
@@ -190,7 +193,7 @@ def read_header(path: str | Path, *, max_bytes: int | None = None) -> ModelHeade
     for name, entry in header.items():
         dtype, shape, (start, end) = _entry(name, entry)
         if dtype not in _DTYPES:
-            raise ModelFileError(f"tensor {name!r}: unsupported dtype {dtype}")
+            raise ModelFileError(f"tensor {name!r}: unsupported dtype {dtype}", Reason.WRONG_DTYPE)
         if any(d < 0 for d in shape) or end - start != math.prod(shape) * _DTYPES[dtype].itemsize:
             raise ModelFileError(
                 f"model file is corrupt: tensor {name!r} size does not match shape"
@@ -281,15 +284,18 @@ def check_compatible(expected: ModelHeader, got: ModelHeader) -> None:
             parts.append(f"missing tensors {missing[:5]}")
         if extra:
             parts.append(f"unexpected tensors {extra[:5]}")
-        raise ModelFileError("wrong tensor names: " + "; ".join(parts))
+        raise ModelFileError("wrong tensor names: " + "; ".join(parts), Reason.WRONG_NAMES)
     for name, e in exp.items():
         g = have[name]
         if g.shape != e.shape:
             raise ModelFileError(
-                f"tensor {name!r}: shape {list(g.shape)}, expected {list(e.shape)}"
+                f"tensor {name!r}: shape {list(g.shape)}, expected {list(e.shape)}",
+                Reason.WRONG_SHAPE,
             )
         if g.dtype != e.dtype:
-            raise ModelFileError(f"tensor {name!r}: dtype {g.dtype}, expected {e.dtype}")
+            raise ModelFileError(
+                f"tensor {name!r}: dtype {g.dtype}, expected {e.dtype}", Reason.WRONG_DTYPE
+            )
 
 
 def check_finite(model: MappedModel, chunk: int = 1 << 22) -> None:
@@ -300,7 +306,9 @@ def check_finite(model: MappedModel, chunk: int = 1 << 22) -> None:
         arr = model.tensor(info).reshape(-1)
         for i in range(0, arr.size, chunk):
             if not np.isfinite(arr[i : i + chunk]).all():
-                raise ModelFileError(f"tensor {info.name!r} holds NaN or Inf values")
+                raise ModelFileError(
+                    f"tensor {info.name!r} holds NaN or Inf values", Reason.NOT_FINITE
+                )
 
 
 def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:

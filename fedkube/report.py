@@ -11,7 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fedkube.errors import StateError
-from fedkube.state import ATTEMPT_COMPLETED, StateStore
+from fedkube.state import StateStore
+from fedkube.vocabulary import AttemptStatus
 
 
 def make_console(*, stderr: bool = False) -> Console:
@@ -68,8 +69,8 @@ def job_status(state: StateStore, name: str, *, events: int = 20) -> dict[str, A
         "startTime": _iso(job.started_at),
         "completionTime": _iso(job.completed_at),
         "durationSeconds": round(end - job.started_at, 3) if job.started_at else None,
-        "roundHistory": [h for h in history if h["status"] == ATTEMPT_COMPLETED],
-        "failedAttempts": [h for h in history if h["status"] != ATTEMPT_COMPLETED],
+        "roundHistory": [h for h in history if h["status"] == AttemptStatus.COMPLETED],
+        "failedAttempts": [h for h in history if h["status"] != AttemptStatus.COMPLETED],
         "clients": [
             {
                 "client": c.client,

@@ -1,14 +1,6 @@
 """Round state: SQLite (embedded) or MongoDB (pymongo)."""
 
 from fedkube.state.base import (
-    ATTEMPT_COMPLETED,
-    ATTEMPT_FAILED,
-    ATTEMPT_RUNNING,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    SUSPENDED,
     ClientRecord,
     EventRecord,
     JobRecord,
@@ -20,14 +12,6 @@ from fedkube.state.base import (
 from fedkube.state.factory import open_state_store
 
 __all__ = [
-    "ATTEMPT_COMPLETED",
-    "ATTEMPT_FAILED",
-    "ATTEMPT_RUNNING",
-    "FAILED",
-    "PENDING",
-    "RUNNING",
-    "SUCCEEDED",
-    "SUSPENDED",
     "ClientRecord",
     "EventRecord",
     "JobRecord",

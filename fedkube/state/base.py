@@ -12,18 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-# Job phases (the same words as the FederatedJob status.phase).
-PENDING = "Pending"
-RUNNING = "Running"
-SUSPENDED = "Suspended"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-PHASES = (PENDING, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
-
-# Round attempt statuses.
-ATTEMPT_RUNNING = "running"
-ATTEMPT_COMPLETED = "completed"
-ATTEMPT_FAILED = "failed"
+from fedkube.vocabulary import AttemptStatus, ClientStatus, Phase
 
 
 def now() -> float:
@@ -34,7 +23,7 @@ def now() -> float:
 class JobRecord:
     name: str
     manifest: dict[str, Any]
-    phase: str = PENDING
+    phase: str = Phase.PENDING
     message: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -51,7 +40,7 @@ class RoundRecord:
     job: str
     round: int
     attempt: int
-    status: str = ATTEMPT_RUNNING
+    status: str = AttemptStatus.RUNNING
     started_at: float = 0.0
     completed_at: float | None = None
     reason: str = ""
@@ -73,7 +62,7 @@ class UpdateRecord:
     attempt: int
     client: str
     combiner: str
-    status: str  # "accepted" | "rejected"
+    status: str  # AssignmentStatus: accepted | rejected | failed
     num_examples: int = 0
     reason: str = ""
     sha256: str = ""
@@ -83,7 +72,7 @@ class UpdateRecord:
 @dataclass
 class EventRecord:
     job: str
-    kind: str  # e.g. RoundStarted, RoundCompleted, UpdateRejected, ...
+    kind: str  # an EventKind: RoundStarted, RoundCompleted, UpdateRejected, ...
     message: str
     level: str = "info"  # info | warning | error
     round: int | None = None
@@ -99,7 +88,7 @@ class ClientRecord:
     job: str
     client: str
     combiner: str
-    status: str = "connected"  # connected | disconnected
+    status: str = ClientStatus.CONNECTED
     last_seen: float = 0.0
     participations: int = 0
 
@@ -191,7 +180,7 @@ class StateStore(abc.ABC):
         """Every attempt of every round, sorted by (round, attempt)."""
 
     def committed_rounds(self, job: str) -> list[RoundRecord]:
-        return [r for r in self.get_rounds(job) if r.status == ATTEMPT_COMPLETED]
+        return [r for r in self.get_rounds(job) if r.status == AttemptStatus.COMPLETED]
 
     def last_committed_round(self, job: str) -> int:
         """The highest committed round, 0 if none."""

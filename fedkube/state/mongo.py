@@ -47,11 +47,6 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from fedkube.errors import StateError
 from fedkube.state.base import (
-    ATTEMPT_COMPLETED,
-    ATTEMPT_FAILED,
-    ATTEMPT_RUNNING,
-    PENDING,
-    PHASES,
     ClientRecord,
     EventRecord,
     JobRecord,
@@ -61,6 +56,9 @@ from fedkube.state.base import (
     UpdateRecord,
     now,
 )
+from fedkube.vocabulary import AttemptStatus, Phase
+
+_PHASES = tuple(p.value for p in Phase)
 
 SCHEMA_VERSION = 1
 DEFAULT_DATABASE = "fedkube"
@@ -86,7 +84,7 @@ _JOB_FIELDS = (
 _JOB_JSON = frozenset({"manifest", "metrics"})
 _ROUND_JSON = frozenset({"metrics", "validation", "timings", "combiners"})
 _ROUND_DEFAULTS: dict[str, Any] = {
-    "status": ATTEMPT_RUNNING,
+    "status": AttemptStatus.RUNNING,
     "started_at": 0.0,
     "completed_at": None,
     "reason": "",
@@ -274,7 +272,7 @@ class MongoStateStore(StateStore):
         update = {
             "$set": {"manifest": _dumps(manifest), "updated_at": t},
             "$setOnInsert": {
-                "phase": PENDING,
+                "phase": Phase.PENDING,
                 "message": "",
                 "created_at": t,
                 "started_at": None,
@@ -308,9 +306,9 @@ class MongoStateStore(StateStore):
         bad = sorted(k for k in fields if k not in _JOB_FIELDS or k == "name")
         if bad:
             raise StateError(f"update_job({name!r}): unknown or read-only field(s) {bad}")
-        if "phase" in fields and fields["phase"] not in PHASES:
+        if "phase" in fields and fields["phase"] not in _PHASES:
             raise StateError(
-                f"update_job({name!r}): unknown phase {fields['phase']!r} (one of {PHASES})"
+                f"update_job({name!r}): unknown phase {fields['phase']!r} (one of {_PHASES})"
             )
         self._init()
         fields.setdefault("updated_at", now())
@@ -356,7 +354,7 @@ class MongoStateStore(StateStore):
                 raise StateError(
                     f"set_progress: job {job!r} round {round} has no attempt {attempt}"
                 )
-            if doc.get("status") != ATTEMPT_RUNNING:
+            if doc.get("status") != AttemptStatus.RUNNING:
                 return  # a late report never changes a finished attempt
             commit = self._commit_of(job, round)
             if commit is not None and commit.get("attempt") == attempt:
@@ -382,15 +380,15 @@ class MongoStateStore(StateStore):
                     f"fail_attempt: job {job!r} round {round} has no attempt {attempt}"
                 )
             self._rounds.update_one(
-                {**key, "status": ATTEMPT_RUNNING},
-                {"$set": {"status": ATTEMPT_FAILED, "reason": reason, "completed_at": now()}},
+                {**key, "status": AttemptStatus.RUNNING},
+                {"$set": {"status": AttemptStatus.FAILED, "reason": reason, "completed_at": now()}},
             )
 
     def _apply_commit(self, commit: Doc) -> None:
         """Write a commit document's payload to its round document (idempotent)."""
         key = self._key(commit["job"], commit["round"], commit["attempt"])
         payload = dict(commit.get("payload") or {})
-        payload["status"] = ATTEMPT_COMPLETED
+        payload["status"] = AttemptStatus.COMPLETED
         on_insert = {
             k: v for k, v in _ROUND_DEFAULTS.items() if k not in payload and k != "started_at"
         }
@@ -433,7 +431,7 @@ class MongoStateStore(StateStore):
                     self._apply_commit(existing)  # finish a commit cut short by a crash
                 return False
             doc = self._rounds.find_one(key)
-            if doc is not None and doc.get("status") == ATTEMPT_FAILED:
+            if doc is not None and doc.get("status") == AttemptStatus.FAILED:
                 raise StateError(
                     f"commit_round: attempt {attempt} of job {job!r} round {round} already "
                     f"failed ({doc.get('reason', '')}); start a new attempt"
@@ -468,7 +466,7 @@ class MongoStateStore(StateStore):
         """The round record of `doc`: a commit of this attempt overrides it; else the
         attempt's per-combiner `progress` documents are merged into `combiners`."""
         if commit is not None and commit.get("attempt") == doc.get("attempt"):
-            doc = {**doc, **(commit.get("payload") or {}), "status": ATTEMPT_COMPLETED}
+            doc = {**doc, **(commit.get("payload") or {}), "status": AttemptStatus.COMPLETED}
         elif progress:
             combiners = json.loads(doc.get("combiners") or "{}")
             for p in sorted(progress, key=lambda p: str(p["combiner"])):

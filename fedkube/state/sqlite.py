@@ -22,11 +22,6 @@ from typing import Any
 
 from fedkube.errors import StateError
 from fedkube.state.base import (
-    ATTEMPT_COMPLETED,
-    ATTEMPT_FAILED,
-    ATTEMPT_RUNNING,
-    PENDING,
-    PHASES,
     ClientRecord,
     EventRecord,
     JobRecord,
@@ -36,6 +31,9 @@ from fedkube.state.base import (
     UpdateRecord,
     now,
 )
+from fedkube.vocabulary import AttemptStatus, Phase
+
+_PHASES = tuple(p.value for p in Phase)
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
@@ -274,7 +272,7 @@ class SqliteStateStore(StateStore):
                 " VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET manifest = excluded.manifest,"
                 " updated_at = excluded.updated_at",
-                (name, _dumps(manifest), PENDING, t, t),
+                (name, _dumps(manifest), Phase.PENDING, t, t),
             )
             row = c.execute("SELECT * FROM jobs WHERE name = ?", (name,)).fetchone()
         return _job(row)
@@ -290,9 +288,9 @@ class SqliteStateStore(StateStore):
         bad = sorted(k for k in fields if k not in _JOB_FIELDS or k == "name")
         if bad:
             raise StateError(f"update_job({name!r}): unknown or read-only field(s) {bad}")
-        if "phase" in fields and fields["phase"] not in PHASES:
+        if "phase" in fields and fields["phase"] not in _PHASES:
             raise StateError(
-                f"update_job({name!r}): unknown phase {fields['phase']!r} (one of {PHASES})"
+                f"update_job({name!r}): unknown phase {fields['phase']!r} (one of {_PHASES})"
             )
         fields.setdefault("updated_at", now())
         cols = sorted(fields)
@@ -311,7 +309,7 @@ class SqliteStateStore(StateStore):
             c.execute(
                 "INSERT OR IGNORE INTO rounds (job, round, attempt, status, started_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (job, round, attempt, ATTEMPT_RUNNING, now()),
+                (job, round, attempt, AttemptStatus.RUNNING, now()),
             )
             row = c.execute(
                 "SELECT * FROM rounds WHERE job = ? AND round = ? AND attempt = ?",
@@ -337,7 +335,7 @@ class SqliteStateStore(StateStore):
                 raise StateError(
                     f"set_progress: job {job!r} round {round} has no attempt {attempt}"
                 )
-            if row["status"] != ATTEMPT_RUNNING:
+            if row["status"] != AttemptStatus.RUNNING:
                 return  # a late report never changes a finished attempt
             combiners = json.loads(row["combiners"])
             combiners[combiner] = progress
@@ -356,7 +354,7 @@ class SqliteStateStore(StateStore):
             c.execute(
                 "UPDATE rounds SET status = ?, reason = ?, completed_at = ?"
                 " WHERE job = ? AND round = ? AND attempt = ? AND status = ?",
-                (ATTEMPT_FAILED, reason, now(), job, round, attempt, ATTEMPT_RUNNING),
+                (AttemptStatus.FAILED, reason, now(), job, round, attempt, AttemptStatus.RUNNING),
             )
 
     def commit_round(
@@ -379,18 +377,18 @@ class SqliteStateStore(StateStore):
         with self._tx() as c:
             done = c.execute(
                 "SELECT attempt FROM rounds WHERE job = ? AND round = ? AND status = ?",
-                (job, round, ATTEMPT_COMPLETED),
+                (job, round, AttemptStatus.COMPLETED),
             ).fetchone()
             if done is not None:
                 return False
             row = self._attempt_row(c, job, round, attempt)
-            if row is not None and row["status"] == ATTEMPT_FAILED:
+            if row is not None and row["status"] == AttemptStatus.FAILED:
                 raise StateError(
                     f"commit_round: attempt {attempt} of job {job!r} round {round} already "
                     f"failed ({row['reason']}); start a new attempt"
                 )
             values = (
-                ATTEMPT_COMPLETED,
+                AttemptStatus.COMPLETED,
                 t,
                 model_key,
                 n_updates,
@@ -425,7 +423,7 @@ class SqliteStateStore(StateStore):
             cur = c.execute(
                 "UPDATE rounds SET validation = ?, validation_examples = ?"
                 " WHERE job = ? AND round = ? AND status = ?",
-                (_dumps(metrics), num_examples, job, round, ATTEMPT_COMPLETED),
+                (_dumps(metrics), num_examples, job, round, AttemptStatus.COMPLETED),
             )
             if cur.rowcount == 0:
                 raise StateError(f"set_validation: job {job!r} round {round} is not committed")
@@ -437,14 +435,14 @@ class SqliteStateStore(StateStore):
     def committed_rounds(self, job: str) -> list[RoundRecord]:
         rows = self._query(
             "SELECT * FROM rounds WHERE job = ? AND status = ? ORDER BY round, attempt",
-            (job, ATTEMPT_COMPLETED),
+            (job, AttemptStatus.COMPLETED),
         )
         return [_round(r) for r in rows]
 
     def last_committed_round(self, job: str) -> int:
         rows = self._query(
             "SELECT MAX(round) FROM rounds WHERE job = ? AND status = ?",
-            (job, ATTEMPT_COMPLETED),
+            (job, AttemptStatus.COMPLETED),
         )
         value = rows[0][0]
         return int(value) if value is not None else 0

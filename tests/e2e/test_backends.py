@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from fedkube.model import load_model
-from fedkube.state import ATTEMPT_COMPLETED, SUCCEEDED, open_state_store
+from fedkube.state import open_state_store
 from fedkube.store import model_key
+from fedkube.vocabulary import AttemptStatus, Phase
 from tests.support import toy_task
 from tests.support.federation import Federation, toy_manifest, write_job
 
@@ -76,7 +77,7 @@ def test_mnist_on_s3_and_mongodb(tmp_path, s3_server, s3_bucket, mongo_uri):
     st = fedkube("status", "mnist", "--state", mongo_uri, "-o", "json", env=env, timeout=60)
     assert st.returncode == 0, st.stderr
     data = json.loads(st.stdout)
-    assert data["phase"] == SUCCEEDED and data["completedRounds"] == 10
+    assert data["phase"] == Phase.SUCCEEDED and data["completedRounds"] == 10
     assert data["roundHistory"][-1]["validation"]["accuracy"] >= 0.90
     assert data["stateStore"].startswith("mongodb://")
     # the models are in the bucket, and models pull reads them from there
@@ -131,9 +132,9 @@ def test_s3_restart_between_rounds_costs_a_retry_not_the_job(
         t.join(30)
         assert restarted.is_set()
         rounds = state.get_rounds("toy")
-        done = [r for r in rounds if r.status == ATTEMPT_COMPLETED]
+        done = [r for r in rounds if r.status == AttemptStatus.COMPLETED]
         assert [r.round for r in done] == [1, 2, 3, 4]  # each committed once
-        assert state.get_job("toy").phase == SUCCEEDED
+        assert state.get_job("toy").phase == Phase.SUCCEEDED
         m = load_model(_download(s3.store(bucket), model_key("toy", 4), tmp_path))
         n = np.array([toy_task.examples(i) for i in range(3)], np.float64)
         t_ = np.stack([toy_task.target(i) for i in range(3)]).astype(np.float64)

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from fedkube.model import load_model
-from fedkube.state import ATTEMPT_COMPLETED, ATTEMPT_FAILED, SUCCEEDED
 from fedkube.store import model_key, open_object_store
+from fedkube.vocabulary import AttemptStatus, Phase
 from tests.support import toy_task
 from tests.support.federation import Federation, toy_manifest, write_job
 
@@ -38,7 +38,7 @@ def final_model(fed: Federation, r: int) -> dict[str, np.ndarray]:
 
 
 def committed(fed: Federation) -> list:
-    return [r for r in fed.state.get_rounds(fed.name) if r.status == ATTEMPT_COMPLETED]
+    return [r for r in fed.state.get_rounds(fed.name) if r.status == AttemptStatus.COMPLETED]
 
 
 def test_fedkube_run_cli_end_to_end(tmp_path):
@@ -71,7 +71,7 @@ def test_fedkube_run_cli_end_to_end(tmp_path):
     )
     assert st.returncode == 0, st.stderr
     data = json.loads(st.stdout)
-    assert data["phase"] == SUCCEEDED and data["completedRounds"] == 3
+    assert data["phase"] == Phase.SUCCEEDED and data["completedRounds"] == 3
     assert [h["round"] for h in data["roundHistory"]] == [1, 2, 3]
     for h in data["roundHistory"]:
         assert h["updates"] == 4 and len(h["participants"]) == 4
@@ -147,10 +147,10 @@ def test_reducer_sigkill_mid_round_resumes_without_double_commit(tmp_path):
         done = committed(fed)
         assert [r.round for r in done] == [1, 2, 3, 4]  # each round committed exactly once
         r2 = [r for r in rounds if r.round == 2]
-        assert r2[0].status == ATTEMPT_FAILED and "restarted" in r2[0].reason
-        assert r2[-1].status == ATTEMPT_COMPLETED and r2[-1].attempt == 2
+        assert r2[0].status == AttemptStatus.FAILED and "restarted" in r2[0].reason
+        assert r2[-1].status == AttemptStatus.COMPLETED and r2[-1].attempt == 2
         job_rec = fed.state.get_job(fed.name)
-        assert job_rec.phase == SUCCEEDED and job_rec.completed_rounds == 4
+        assert job_rec.phase == Phase.SUCCEEDED and job_rec.completed_rounds == 4
         m = final_model(fed, 4)
         assert m["count"].tolist() == [4]
         np.testing.assert_allclose(m["w"], expected_w(4, [0, 1, 2, 3]), atol=1e-6)
@@ -224,15 +224,16 @@ def test_killed_client_without_quorum_round_is_retried(tmp_path):
         fed.start()
         fed.wait_for(
             lambda: any(
-                r.round == 2 and r.status == ATTEMPT_FAILED for r in fed.state.get_rounds(fed.name)
+                r.round == 2 and r.status == AttemptStatus.FAILED
+                for r in fed.state.get_rounds(fed.name)
             ),
             what="round 2 attempt 1 to fail",
         )
         fed.start_client(1)  # the orchestrator restarts the dead client
         assert fed.wait_reducer() == 0, fed.log("reducer")
         r2 = [r for r in fed.state.get_rounds(fed.name) if r.round == 2]
-        assert r2[0].status == ATTEMPT_FAILED and "minUpdates" in r2[0].reason
-        assert r2[-1].status == ATTEMPT_COMPLETED and r2[-1].n_updates == 4
+        assert r2[0].status == AttemptStatus.FAILED and "minUpdates" in r2[0].reason
+        assert r2[-1].status == AttemptStatus.COMPLETED and r2[-1].n_updates == 4
         assert r2[-1].attempt >= 2
         assert [r.round for r in committed(fed)] == [1, 2]
         m = final_model(fed, 2)
@@ -282,7 +283,7 @@ def test_combiner_restart_costs_a_retry_not_the_job(tmp_path):
         assert [r.round for r in done] == [1, 2, 3]
         assert all(r.n_updates == 4 for r in done)
         r2 = [r for r in fed.state.get_rounds(fed.name) if r.round == 2]
-        assert r2[0].status == ATTEMPT_FAILED
+        assert r2[0].status == AttemptStatus.FAILED
         assert any(
             e.kind == "CombinerFailed" and e.combiner == "combiner-1"
             for e in fed.state.list_events(fed.name)
@@ -306,7 +307,7 @@ def test_failed_job_restarted_after_fix_gets_fresh_retries(tmp_path):
         rec = fed.state.get_job(fed.name)
         assert rec.phase == "Failed" and "retry.maxAttempts" in rec.message
         r1 = [r for r in fed.state.get_rounds(fed.name) if r.round == 1]
-        assert [r.status for r in r1] == [ATTEMPT_FAILED, ATTEMPT_FAILED]
+        assert [r.status for r in r1] == [AttemptStatus.FAILED, AttemptStatus.FAILED]
         # "Fix the training code" (the train config comes from the reducer's spec).
         manifest["spec"]["train"]["config"] = {}
         fed.job_yaml.write_text(yaml.safe_dump(manifest, sort_keys=False))
@@ -314,4 +315,4 @@ def test_failed_job_restarted_after_fix_gets_fresh_retries(tmp_path):
         assert fed.wait_reducer() == 0, fed.log("reducer")
         assert [r.round for r in committed(fed)] == [1, 2]
         assert committed(fed)[0].attempt == 3
-        assert fed.state.get_job(fed.name).phase == SUCCEEDED
+        assert fed.state.get_job(fed.name).phase == Phase.SUCCEEDED

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from fedkube.state import ATTEMPT_COMPLETED, SUCCEEDED
+from fedkube.vocabulary import AttemptStatus, Phase
 from tests.support.federation import Federation, toy_manifest, write_job
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_scaling_follows_job_record_and_health_endpoint(tmp_path):
         )
 
         def committed():
-            return [r for r in fed.state.get_rounds("tpl") if r.status == ATTEMPT_COMPLETED]
+            return [r for r in fed.state.get_rounds("tpl") if r.status == AttemptStatus.COMPLETED]
 
         fed.wait_for(lambda: len(committed()) >= 1, what="round 1")
         code, body = get(f"http://127.0.0.1:{health}/healthz")
@@ -83,11 +83,13 @@ def test_scaling_follows_job_record_and_health_endpoint(tmp_path):
         scaled = json.loads(json.dumps(rec.manifest))
         scaled["spec"]["combiners"]["replicas"] = 3
         fed.state.create_job("tpl", scaled)
-        fed.wait_for(lambda: fed.state.get_job("tpl").phase == SUCCEEDED, what="the job to end")
+        fed.wait_for(
+            lambda: fed.state.get_job("tpl").phase == Phase.SUCCEEDED, what="the job to end"
+        )
         last = committed()[-1]
         assert set(last.combiners) == {"tpl-combiner-0", "tpl-combiner-1", "tpl-combiner-2"}
         assert last.n_updates == 3
         # --linger: the reducer keeps serving after the job finished.
         assert fed.reducer.popen.poll() is None
-        assert json.loads(get(f"http://127.0.0.1:{health}/status")[1])["phase"] == SUCCEEDED
+        assert json.loads(get(f"http://127.0.0.1:{health}/status")[1])["phase"] == Phase.SUCCEEDED
         assert get(f"http://127.0.0.1:{health}/nope")[0] == 404

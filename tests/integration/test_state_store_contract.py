@@ -22,12 +22,6 @@ import pytest
 
 from fedkube.errors import StateError
 from fedkube.state.base import (
-    ATTEMPT_COMPLETED,
-    ATTEMPT_FAILED,
-    ATTEMPT_RUNNING,
-    FAILED,
-    PENDING,
-    RUNNING,
     ClientRecord,
     EventRecord,
     ModelRecord,
@@ -36,6 +30,7 @@ from fedkube.state.base import (
 )
 from fedkube.state.factory import open_state_store
 from fedkube.state.sqlite import SCHEMA_VERSION, SqliteStateStore
+from fedkube.vocabulary import AttemptStatus, Phase
 from tests.support.services import MongoServer
 
 
@@ -103,13 +98,13 @@ def test_create_job_is_idempotent_and_keeps_the_record(store: StateStore) -> Non
     assert store.get_job("j") is None
     rec = store.create_job("j", {"spec": {"rounds": 3}})
     assert rec.name == "j"
-    assert rec.phase == PENDING
+    assert rec.phase == Phase.PENDING
     assert rec.manifest == {"spec": {"rounds": 3}}
     assert rec.created_at > 0
-    store.update_job("j", phase=RUNNING, current_round=2)
+    store.update_job("j", phase=Phase.RUNNING, current_round=2)
     again = store.create_job("j", {"spec": {"rounds": 5}})
     assert again.created_at == rec.created_at
-    assert again.phase == RUNNING  # the existing record, not a fresh Pending one
+    assert again.phase == Phase.RUNNING  # the existing record, not a fresh Pending one
     assert again.current_round == 2
     assert again.manifest == {"spec": {"rounds": 5}}  # the new manifest is stored
     got = store.get_job("j")
@@ -139,14 +134,14 @@ def test_update_job(store: StateStore) -> None:
     created = store.create_job("j", {})
     rec = store.update_job(
         "j",
-        phase=FAILED,
+        phase=Phase.FAILED,
         message="boom",
         completed_rounds=4,
         latest_model="jobs/j/models/000004.safetensors",
         metrics={"accuracy": 0.9},
         completed_at=123.0,
     )
-    assert rec.phase == FAILED
+    assert rec.phase == Phase.FAILED
     assert rec.message == "boom"
     assert rec.completed_rounds == 4
     assert rec.latest_model == "jobs/j/models/000004.safetensors"
@@ -159,14 +154,14 @@ def test_update_job(store: StateStore) -> None:
 def test_update_job_errors(store: StateStore) -> None:
     store.create_job("j", {})
     with pytest.raises(StateError, match="nope"):
-        store.update_job("nope", phase=RUNNING)
+        store.update_job("nope", phase=Phase.RUNNING)
     with pytest.raises(StateError, match="colour"):
         store.update_job("j", colour="red")
     with pytest.raises(StateError, match="Exploded"):
         store.update_job("j", phase="Exploded")
     rec = store.get_job("j")
     assert rec is not None
-    assert rec.phase == PENDING  # failed updates changed nothing
+    assert rec.phase == Phase.PENDING  # failed updates changed nothing
 
 
 # ---- rounds
@@ -174,7 +169,7 @@ def test_update_job_errors(store: StateStore) -> None:
 
 def test_begin_attempt_is_idempotent(store: StateStore) -> None:
     r1 = store.begin_attempt("j", 1, 1)
-    assert (r1.job, r1.round, r1.attempt, r1.status) == ("j", 1, 1, ATTEMPT_RUNNING)
+    assert (r1.job, r1.round, r1.attempt, r1.status) == ("j", 1, 1, AttemptStatus.RUNNING)
     assert r1.started_at > 0
     r2 = store.begin_attempt("j", 1, 1)
     assert r2 == r1
@@ -225,7 +220,7 @@ def test_fail_attempt(store: StateStore) -> None:
     store.begin_attempt("j", 1, 1)
     store.fail_attempt("j", 1, 1, "timeout")
     (r,) = store.get_rounds("j")
-    assert r.status == ATTEMPT_FAILED
+    assert r.status == AttemptStatus.FAILED
     assert r.reason == "timeout"
     assert r.completed_at is not None
     store.fail_attempt("j", 1, 1, "second reason")  # no-op: already failed
@@ -242,7 +237,7 @@ def test_fail_attempt_after_commit_is_noop(store: StateStore) -> None:
     before = store.get_rounds("j")
     store.fail_attempt("j", 1, 1, "too late")
     assert store.get_rounds("j") == before
-    assert before[0].status == ATTEMPT_COMPLETED
+    assert before[0].status == AttemptStatus.COMPLETED
     assert before[0].reason == ""
 
 
@@ -262,7 +257,7 @@ def test_commit_round_records_everything(store: StateStore) -> None:
         combiners={"c0": {"n": 4}, "c1": {"n": 3}},
     )
     (r,) = store.get_rounds("j")
-    assert r.status == ATTEMPT_COMPLETED
+    assert r.status == AttemptStatus.COMPLETED
     assert r.started_at == started.started_at
     assert r.completed_at is not None and r.completed_at >= r.started_at
     assert r.model_key == "m2"
@@ -290,9 +285,9 @@ def test_only_one_attempt_of_a_round_can_commit(store: StateStore) -> None:
     assert _commit(store, "j", 1, 2, model_key="from-2")
     assert not _commit(store, "j", 1, 1, model_key="from-1")
     rounds = {r.attempt: r for r in store.get_rounds("j")}
-    assert rounds[2].status == ATTEMPT_COMPLETED
+    assert rounds[2].status == AttemptStatus.COMPLETED
     assert rounds[2].model_key == "from-2"
-    assert rounds[1].status == ATTEMPT_RUNNING  # unchanged by the refused commit
+    assert rounds[1].status == AttemptStatus.RUNNING  # unchanged by the refused commit
     assert rounds[1].model_key is None
     assert [r.attempt for r in store.committed_rounds("j")] == [2]
 
@@ -303,7 +298,7 @@ def test_commit_of_failed_attempt_is_refused(store: StateStore) -> None:
     with pytest.raises(StateError, match="failed"):
         _commit(store, "j", 1, 1)
     (r,) = store.get_rounds("j")
-    assert r.status == ATTEMPT_FAILED
+    assert r.status == AttemptStatus.FAILED
     # a new attempt of the round can still commit
     store.begin_attempt("j", 1, 2)
     assert _commit(store, "j", 1, 2)
@@ -313,7 +308,7 @@ def test_commit_of_failed_attempt_is_refused(store: StateStore) -> None:
 def test_commit_without_begin_creates_the_attempt(store: StateStore) -> None:
     assert _commit(store, "j", 1, 3)
     (r,) = store.get_rounds("j")
-    assert (r.round, r.attempt, r.status) == (1, 3, ATTEMPT_COMPLETED)
+    assert (r.round, r.attempt, r.status) == (1, 3, AttemptStatus.COMPLETED)
     assert r.started_at > 0
 
 
@@ -642,10 +637,10 @@ def test_commit_race_between_processes(store: StateStore, backend: Backend) -> N
     assert len(winners) == 1, results
     rounds = store.get_rounds("j")
     assert sorted(r.attempt for r in rounds) == list(range(1, n + 1))
-    (done,) = [r for r in rounds if r.status == ATTEMPT_COMPLETED]
+    (done,) = [r for r in rounds if r.status == AttemptStatus.COMPLETED]
     assert done.attempt == winners[0]
     assert done.model_key == f"m{winners[0]}"
-    assert {r.status for r in rounds if r.attempt != winners[0]} == {ATTEMPT_RUNNING}
+    assert {r.status for r in rounds if r.attempt != winners[0]} == {AttemptStatus.RUNNING}
     # events from all processes interleaved with unique, gap-free seqs
     assert [e.seq for e in store.list_events("j")] == list(range(1, n * 10 + 1))
 

@@ -20,10 +20,10 @@ import pytest
 
 from fedkube.client.runner import InProcessRunner
 from fedkube.client.runtime import ClientConfig, ClientRuntime
-from fedkube.combiner.reducer import Reducer, ReducerConfig
 from fedkube.model import load_model, save_model
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
+from fedkube.reducer.loop import Reducer, ReducerConfig
 from fedkube.rpc import (
     CLIENT_TOKEN_ENV,
     REDUCER_TOKEN_ENV,
@@ -32,8 +32,9 @@ from fedkube.rpc import (
     bearer,
     open_channel,
 )
-from fedkube.state import SUCCEEDED, open_state_store
+from fedkube.state import open_state_store
 from fedkube.store import model_key, open_object_store
+from fedkube.vocabulary import Phase
 from tests.support import toy_task
 from tests.support.certs import CertSet, make_certs
 from tests.support.combiner import (
@@ -312,7 +313,7 @@ def test_whole_job_over_mtls(mtls_comb, certs, tmp_path):
         for t, _ in threads:
             t.join(10)
     try:
-        assert phase == SUCCEEDED, state.get_job("toy")
+        assert phase == Phase.SUCCEEDED, state.get_job("toy")
         for _, errors in threads:
             assert not errors, errors
         rounds = mtls_comb.job.spec.rounds

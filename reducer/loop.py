@@ -41,18 +41,9 @@ from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
 from fedkube.rpc import ClientTLS, bearer, open_channel
 from fedkube.selection import distribute_quota, weighted_metrics
 from fedkube.spec import FederatedJob
-from fedkube.state import (
-    ATTEMPT_FAILED,
-    ATTEMPT_RUNNING,
-    FAILED,
-    RUNNING,
-    SUCCEEDED,
-    SUSPENDED,
-    EventRecord,
-    ModelRecord,
-    StateStore,
-)
+from fedkube.state import EventRecord, ModelRecord, StateStore
 from fedkube.store import ObjectStore, model_key, optimizer_key
+from fedkube.vocabulary import AttemptStatus, Phase
 
 RESTARTED = "reducer restarted"
 
@@ -149,18 +140,21 @@ class Reducer:
     def run(self) -> str:
         """Run the job to the end; return the final phase (Succeeded or Failed)."""
         rec = self.state.create_job(self.name, self.job.to_manifest())
-        if rec.phase in (SUCCEEDED, FAILED) and rec.completed_rounds >= self.spec.rounds:
+        if (
+            rec.phase in (Phase.SUCCEEDED, Phase.FAILED)
+            and rec.completed_rounds >= self.spec.rounds
+        ):
             self.log.info("job already finished", phase=rec.phase)
             return rec.phase
         last = self._recover()
-        if rec.phase == FAILED:
+        if rec.phase == Phase.FAILED:
             # Started again after a failure (e.g. the train code was fixed): the
             # failed round gets a fresh retry budget.
             self._retry_floor[last + 1] = self._attempt_number(last + 1) - 1
             self.event("JobRestarted", f"restarting the failed job at round {last + 1}")
         if rec.started_at is None:
             self.state.update_job(self.name, started_at=time.time())
-        self.state.update_job(self.name, phase=RUNNING, message="")
+        self.state.update_job(self.name, phase=Phase.RUNNING, message="")
         self.event("JobRunning", f"job running from round {last + 1} of {self.spec.rounds}")
         try:
             self._ensure_seed()
@@ -168,32 +162,32 @@ class Reducer:
                 self._maybe_validate(last, resume=True)
             for r in range(last + 1, self.spec.rounds + 1):
                 if self._stop.is_set():
-                    return RUNNING
+                    return Phase.RUNNING
                 self._wait_unsuspended()
                 self._train_round(r)
                 self._maybe_validate(r)
         except RoundFailed as exc:
             self.log.error("job failed", error=str(exc))
             self.state.update_job(
-                self.name, phase=FAILED, message=str(exc), completed_at=time.time()
+                self.name, phase=Phase.FAILED, message=str(exc), completed_at=time.time()
             )
             self.event("JobFailed", str(exc), "error")
-            return FAILED
+            return Phase.FAILED
         self.state.update_job(
             self.name,
-            phase=SUCCEEDED,
+            phase=Phase.SUCCEEDED,
             completed_at=time.time(),
             message=f"completed {self.spec.rounds} rounds",
         )
         self.event("JobSucceeded", f"completed {self.spec.rounds} rounds")
         self.log.info("job succeeded", rounds=self.spec.rounds)
-        return SUCCEEDED
+        return Phase.SUCCEEDED
 
     def _recover(self) -> int:
         """Reconcile the job record with the committed rounds after a restart."""
         rounds = self.state.get_rounds(self.name)
         for r in rounds:
-            if r.status == ATTEMPT_RUNNING:
+            if r.status == AttemptStatus.RUNNING:
                 self.state.fail_attempt(self.name, r.round, r.attempt, RESTARTED)
                 self.event(
                     "AttemptAbandoned",
@@ -223,11 +217,13 @@ class Reducer:
             suspended = bool(rec and rec.manifest.get("spec", {}).get("suspend"))
             if not suspended:
                 if announced:
-                    self.state.update_job(self.name, phase=RUNNING, message="")
+                    self.state.update_job(self.name, phase=Phase.RUNNING, message="")
                     self.event("JobResumed", "round loop resumed")
                 return
             if not announced:
-                self.state.update_job(self.name, phase=SUSPENDED, message="spec.suspend is true")
+                self.state.update_job(
+                    self.name, phase=Phase.SUSPENDED, message="spec.suspend is true"
+                )
                 self.event("JobSuspended", "round loop paused (spec.suspend)")
                 announced = True
             if self._stop.wait(self.cfg.poll_seconds * 4):
@@ -364,7 +360,7 @@ class Reducer:
             1
             for x in self.state.get_rounds(self.name)
             if x.round == r
-            and x.status == ATTEMPT_FAILED
+            and x.status == AttemptStatus.FAILED
             and x.reason != RESTARTED
             and x.attempt > floor
         )
@@ -693,7 +689,7 @@ def run_reducer(cfg: ReducerConfig, *, health_port: int | None = None, linger: b
     pod should not exit and be restarted in a loop)."""
     import signal
 
-    from fedkube.combiner.health import HealthServer
+    from fedkube.reducer.health import HealthServer
     from fedkube.report import job_status
 
     reducer = Reducer(cfg)
@@ -719,8 +715,8 @@ def run_reducer(cfg: ReducerConfig, *, health_port: int | None = None, linger: b
             phase = reducer.run()
         except TaskError as exc:
             reducer.log.error("job failed", error=str(exc))
-            cfg.state.update_job(cfg.job.name, phase=FAILED, message=str(exc))
-            phase = FAILED
+            cfg.state.update_job(cfg.job.name, phase=Phase.FAILED, message=str(exc))
+            phase = Phase.FAILED
         if linger:
             reducer.log.info("job finished; lingering until terminated", phase=phase)
             stopped.wait()
