@@ -406,7 +406,7 @@ def reducer(
     exits 0 when the job Succeeded, 1 when it Failed."""
     _setup_logging(log_level)
     from fedkube.localrun import phase_exit_code
-    from fedkube.reducer.loop import ReducerConfig, run_reducer
+    from fedkube.reducer import ReducerConfig, run_reducer
     from fedkube.rpc import REDUCER_TOKEN_ENV, client_tls, read_token
     from fedkube.settings import state_uri, store_uri
     from fedkube.state import open_state_store
@@ -418,7 +418,7 @@ def reducer(
         if not combiner and not combiner_template:
             raise ValueError("name the combiners: --combiner NAME=HOST:PORT or --combiner-template")
         if combiner_template:
-            from fedkube.reducer.loop import expand_template
+            from fedkube.reducer import expand_template
 
             expand_template(combiner_template, 1)  # validates the form
         for c in combiner or []:

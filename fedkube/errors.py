@@ -56,6 +56,12 @@ class StateError(FedkubeError):
     """The state store failed or holds inconsistent data."""
 
 
+class RoundFailed(FedkubeError):
+    """An attempt of a round (or of the seed model) could not complete: no quorum,
+    a combiner refused the reducer, an invalid partial, ... The reducer retries the
+    round up to ``retry.maxAttempts`` and fails the job after that."""
+
+
 class TaskError(FedkubeError):
     """A client's train or validate entrypoint failed."""
 

@@ -23,7 +23,7 @@ from fedkube.client.runtime import ClientConfig, ClientRuntime
 from fedkube.model import load_model, save_model
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
-from fedkube.reducer.loop import Reducer, ReducerConfig
+from fedkube.reducer import Reducer, ReducerConfig
 from fedkube.rpc import (
     CLIENT_TOKEN_ENV,
     REDUCER_TOKEN_ENV,

@@ -129,7 +129,7 @@ def test_combiner_template_string_exactly() -> None:
 
 
 def test_combiner_template_expands_to_the_statefulset_pods_through_the_headless_service() -> None:
-    from fedkube.reducer.loop import expand_template
+    from fedkube.reducer import expand_template
 
     job = make_job(combiners={"replicas": 3, "port": 7171})
     flags = container(deploy(job))["command"]
