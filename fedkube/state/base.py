@@ -3,16 +3,31 @@
 The state store is the source of truth of a federation. Every write is
 idempotent: keys derive from job / round / attempt / client, so a restarted
 reducer or a repeated report never counts twice.
+
+What the backends share lives here too: SCHEMA_VERSION and the error for a
+newer stored schema, the canonical JSON of free-form dicts (encode_json), the
+default MongoDB database, and update_job / commit_round themselves, which
+check and assemble the values and leave the write to the backend's _set_job /
+_commit_round.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
+import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedkube.errors import StateError
 from fedkube.vocabulary import AttemptStatus, ClientStatus, Phase
+
+#: the version of the stored layout (tables, collections) this fedkube reads and writes
+SCHEMA_VERSION = 1
+#: the MongoDB database of a store whose URI names none
+DEFAULT_DATABASE = "fedkube"
 
 
 def now() -> float:
@@ -104,6 +119,46 @@ class ModelRecord:
     created_at: float = 0.0
 
 
+#: every JobRecord field; update_job may set all of them but `name`
+JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
+#: the JobRecord fields a store keeps as JSON text
+JOB_JSON_FIELDS = frozenset({"manifest", "metrics"})
+_PHASES = tuple(p.value for p in Phase)
+
+
+def encode_json(value: Any) -> str:
+    """The canonical JSON text of `value` (sorted keys, no spaces): how the stores
+    keep free-form dicts."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def encode_json_fields(values: Mapping[str, Any], json_fields: frozenset[str]) -> dict[str, Any]:
+    """`values` with those named in `json_fields` as JSON text (encode_json)."""
+    return {k: encode_json(v) if k in json_fields else v for k, v in values.items()}
+
+
+def check_job_fields(name: str, fields: Mapping[str, Any]) -> None:
+    """StateError unless update_job(`name`, **fields) names settable JobRecord
+    fields only (not `name`) and, if it sets `phase`, a known Phase."""
+    bad = sorted(k for k in fields if k not in JOB_FIELDS or k == "name")
+    if bad:
+        raise StateError(f"update_job({name!r}): unknown or read-only field(s) {bad}")
+    if "phase" in fields and fields["phase"] not in _PHASES:
+        raise StateError(
+            f"update_job({name!r}): unknown phase {fields['phase']!r} (one of {_PHASES})"
+        )
+
+
+def check_schema_version(store: str, version: int) -> None:
+    """StateError if `version`, the schema version found in `store` (its URI, and
+    more where that helps), is newer than SCHEMA_VERSION."""
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"state store {store} has schema version {version}, newer than this "
+            f"fedkube supports ({SCHEMA_VERSION}); upgrade fedkube"
+        )
+
+
 class StateStore(abc.ABC):
     """Jobs, round attempts, updates, events, clients and model lineage.
 
@@ -128,11 +183,20 @@ class StateStore(abc.ABC):
     def list_jobs(self) -> list[JobRecord]:
         """All jobs, sorted by name."""
 
-    @abc.abstractmethod
     def update_job(self, name: str, **fields: Any) -> JobRecord:
-        """Set the given JobRecord fields (phase, message, current_round, ...).
+        """Set the given JobRecord fields (phase, message, current_round, ...);
+        `updated_at` is now unless given.
 
         Raises StateError for an unknown job or field."""
+        check_job_fields(name, fields)
+        fields.setdefault("updated_at", now())
+        return self._set_job(name, encode_json_fields(fields, JOB_JSON_FIELDS))
+
+    @abc.abstractmethod
+    def _set_job(self, name: str, values: dict[str, Any]) -> JobRecord:
+        """update_job's write: store `values` (checked JobRecord fields, those in
+        JOB_JSON_FIELDS as JSON text) in job `name` and return the record.
+        Raises StateError if there is no such job."""
 
     # ---- rounds
     @abc.abstractmethod
@@ -149,7 +213,6 @@ class StateStore(abc.ABC):
     def fail_attempt(self, job: str, round: int, attempt: int, reason: str) -> None:
         """Mark a running attempt failed (no-op if it is already completed or failed)."""
 
-    @abc.abstractmethod
     def commit_round(
         self,
         job: str,
@@ -166,7 +229,27 @@ class StateStore(abc.ABC):
     ) -> bool:
         """Atomically mark the attempt completed, unless another attempt of the same
         round is already completed. Returns True if this call committed the round,
-        False if the round was committed before (nothing is changed then)."""
+        False if the round was committed before (nothing is changed then).
+
+        An attempt that was never begun is created completed; committing a
+        *failed* attempt raises StateError."""
+        result = {
+            "completed_at": now(),
+            "model_key": model_key,
+            "n_updates": n_updates,
+            "num_examples": num_examples,
+            "metrics": metrics,
+            "timings": timings,
+            "participants": list(participants),
+            "combiners": combiners,
+        }
+        return self._commit_round(job, round, attempt, result)
+
+    @abc.abstractmethod
+    def _commit_round(self, job: str, round: int, attempt: int, result: dict[str, Any]) -> bool:
+        """commit_round's write. `result` holds the RoundRecord fields a commit sets
+        besides `status`: `completed_at` (now) and commit_round's keyword
+        arguments, not yet encoded."""
 
     @abc.abstractmethod
     def set_validation(

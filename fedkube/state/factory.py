@@ -23,10 +23,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from fedkube.errors import StateError
-from fedkube.state.base import StateStore
+from fedkube.state.base import DEFAULT_DATABASE, StateStore
 
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-DEFAULT_DATABASE = "fedkube"
 _BAD_DB_CHARS = set('/\\. "$\x00')
 
 

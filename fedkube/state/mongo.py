@@ -32,6 +32,7 @@ annotations, metric names), which MongoDB field names do not allow everywhere.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import re
@@ -47,6 +48,10 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from fedkube.errors import StateError
 from fedkube.state.base import (
+    DEFAULT_DATABASE,
+    JOB_FIELDS,
+    JOB_JSON_FIELDS,
+    SCHEMA_VERSION,
     ClientRecord,
     EventRecord,
     JobRecord,
@@ -54,54 +59,39 @@ from fedkube.state.base import (
     RoundRecord,
     StateStore,
     UpdateRecord,
+    check_schema_version,
+    encode_json,
+    encode_json_fields,
     now,
 )
-from fedkube.vocabulary import AttemptStatus, Phase
+from fedkube.vocabulary import AttemptStatus
 
-_PHASES = tuple(p.value for p in Phase)
-
-SCHEMA_VERSION = 1
-DEFAULT_DATABASE = "fedkube"
 #: server selection timeout unless the URI sets serverSelectionTimeoutMS
 DEFAULT_SERVER_SELECTION_MS = 10_000
 
 _SENSITIVE_OPTION = re.compile(r"password|secret|token|authmechanismproperties", re.IGNORECASE)
 
-_JOB_FIELDS = (
-    "name",
-    "manifest",
-    "phase",
-    "message",
-    "created_at",
-    "updated_at",
-    "started_at",
-    "completed_at",
-    "current_round",
-    "completed_rounds",
-    "latest_model",
-    "metrics",
-)
-_JOB_JSON = frozenset({"manifest", "metrics"})
 _ROUND_JSON = frozenset({"metrics", "validation", "timings", "combiners"})
-_ROUND_DEFAULTS: dict[str, Any] = {
-    "status": AttemptStatus.RUNNING,
-    "started_at": 0.0,
-    "completed_at": None,
-    "reason": "",
-    "model_key": None,
-    "n_updates": 0,
-    "num_examples": 0,
-    "metrics": "{}",
-    "validation": "{}",
-    "validation_examples": 0,
-    "timings": "{}",
-    "participants": [],
-    "combiners": "{}",
-}
 #: inserts an event may lose to concurrent writers before add_event gives up
 _SEQ_RETRIES = 1000
 
 Doc = dict[str, Any]
+
+
+def _defaults(record: type[Any], json_fields: frozenset[str]) -> Doc:
+    """The fields of a record class that have a default, as stored (the JSON
+    fields as text): what a new document holds before anything is set."""
+    values: Doc = {}
+    for f in dataclasses.fields(record):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return encode_json_fields(values, json_fields)
+
+
+_JOB_DEFAULTS = _defaults(JobRecord, JOB_JSON_FIELDS)
+_ROUND_DEFAULTS = _defaults(RoundRecord, _ROUND_JSON)
 
 
 def redact_mongo_uri(uri: str) -> str:
@@ -136,17 +126,18 @@ def _scrub(message: str, uri: str) -> str:
     return message
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
 def _strip_id(doc: Doc) -> Doc:
     return {k: v for k, v in doc.items() if k != "_id"}
 
 
+def _doc(rec: Any, **values: Any) -> Doc:
+    """The document of record `rec` (a dataclass): its fields, `values` over them."""
+    return {**dataclasses.asdict(rec), **values}
+
+
 def _job(doc: Doc) -> JobRecord:
-    d: Doc = {k: doc[k] for k in _JOB_FIELDS if k in doc}
-    for k in _JOB_JSON:
+    d: Doc = {k: doc[k] for k in JOB_FIELDS if k in doc}
+    for k in JOB_JSON_FIELDS:
         d[k] = json.loads(d.get(k) or "{}")
     return JobRecord(**d)
 
@@ -246,12 +237,7 @@ class MongoStateStore(StateStore):
                     )
                 doc = self._meta.find_one({"_id": "schema"})
             version = int((doc or {}).get("version", SCHEMA_VERSION))
-            if version > SCHEMA_VERSION:
-                raise StateError(
-                    f"state store {self.uri} (database {self.database}) has schema version "
-                    f"{version}, newer than this fedkube supports ({SCHEMA_VERSION}); "
-                    "upgrade fedkube"
-                )
+            check_schema_version(f"{self.uri} (database {self.database})", version)
             self._ready = True
 
     def _upsert(self, coll: Collection[Doc], flt: Doc, update: Doc) -> None:
@@ -269,19 +255,11 @@ class MongoStateStore(StateStore):
     def create_job(self, name: str, manifest: dict[str, Any]) -> JobRecord:
         self._init()
         t = now()
+        insert = {k: v for k, v in _JOB_DEFAULTS.items() if k != "updated_at"}  # $set has it
+        insert["created_at"] = t
         update = {
-            "$set": {"manifest": _dumps(manifest), "updated_at": t},
-            "$setOnInsert": {
-                "phase": Phase.PENDING,
-                "message": "",
-                "created_at": t,
-                "started_at": None,
-                "completed_at": None,
-                "current_round": 0,
-                "completed_rounds": 0,
-                "latest_model": None,
-                "metrics": "{}",
-            },
+            "$set": {"manifest": encode_json(manifest), "updated_at": t},
+            "$setOnInsert": insert,
         }
         with self._errors(f"create job {name!r}"):
             self._upsert(self._jobs, {"name": name}, update)
@@ -302,17 +280,8 @@ class MongoStateStore(StateStore):
             docs = list(self._jobs.find({}).sort("name", ASCENDING))
         return [_job(d) for d in docs]
 
-    def update_job(self, name: str, **fields: Any) -> JobRecord:
-        bad = sorted(k for k in fields if k not in _JOB_FIELDS or k == "name")
-        if bad:
-            raise StateError(f"update_job({name!r}): unknown or read-only field(s) {bad}")
-        if "phase" in fields and fields["phase"] not in _PHASES:
-            raise StateError(
-                f"update_job({name!r}): unknown phase {fields['phase']!r} (one of {_PHASES})"
-            )
+    def _set_job(self, name: str, values: dict[str, Any]) -> JobRecord:
         self._init()
-        fields.setdefault("updated_at", now())
-        values = {k: _dumps(v) if k in _JOB_JSON else v for k, v in fields.items()}
         with self._errors(f"update job {name!r}"):
             doc = self._jobs.find_one_and_update(
                 {"name": name}, {"$set": values}, return_document=ReturnDocument.AFTER
@@ -363,7 +332,7 @@ class MongoStateStore(StateStore):
             self._upsert(
                 self._progress,
                 {**key, "combiner": combiner},
-                {"$set": {"progress": _dumps(progress)}},
+                {"$set": {"progress": encode_json(progress)}},
             )
 
     def fail_attempt(self, job: str, round: int, attempt: int, reason: str) -> None:
@@ -395,35 +364,10 @@ class MongoStateStore(StateStore):
         on_insert["started_at"] = payload.get("completed_at", now())
         self._upsert(self._rounds, key, {"$set": payload, "$setOnInsert": on_insert})
 
-    def commit_round(
-        self,
-        job: str,
-        round: int,
-        attempt: int,
-        *,
-        model_key: str,
-        n_updates: int,
-        num_examples: int,
-        metrics: dict[str, float],
-        timings: dict[str, float],
-        participants: list[str],
-        combiners: dict[str, dict[str, Any]],
-    ) -> bool:
-        """See StateStore.commit_round. An attempt that was never begun is created
-        completed; committing a *failed* attempt raises StateError."""
+    def _commit_round(self, job: str, round: int, attempt: int, result: dict[str, Any]) -> bool:
         self._init()
         key = self._key(job, round, attempt)
-        t = now()
-        payload = {
-            "completed_at": t,
-            "model_key": model_key,
-            "n_updates": n_updates,
-            "num_examples": num_examples,
-            "metrics": _dumps(metrics),
-            "timings": _dumps(timings),
-            "participants": list(participants),
-            "combiners": _dumps(combiners),
-        }
+        payload = encode_json_fields(result, _ROUND_JSON)
         with self._errors(f"commit job {job!r} round {round} attempt {attempt}"):
             existing = self._commit_of(job, round)
             if existing is not None:
@@ -436,7 +380,7 @@ class MongoStateStore(StateStore):
                     f"commit_round: attempt {attempt} of job {job!r} round {round} already "
                     f"failed ({doc.get('reason', '')}); start a new attempt"
                 )
-            commit = {**key, "at": t, "payload": payload}
+            commit = {**key, "at": result["completed_at"], "payload": payload}
             try:
                 self._commits.insert_one(commit)
             except DuplicateKeyError:
@@ -458,7 +402,7 @@ class MongoStateStore(StateStore):
             self._apply_commit(commit)
             self._rounds.update_one(
                 self._key(job, round, commit["attempt"]),
-                {"$set": {"validation": _dumps(metrics), "validation_examples": num_examples}},
+                {"$set": {"validation": encode_json(metrics), "validation_examples": num_examples}},
             )
 
     @staticmethod
@@ -471,7 +415,7 @@ class MongoStateStore(StateStore):
             combiners = json.loads(doc.get("combiners") or "{}")
             for p in sorted(progress, key=lambda p: str(p["combiner"])):
                 combiners[p["combiner"]] = json.loads(p.get("progress") or "{}")
-            doc = {**doc, "combiners": _dumps(combiners)}
+            doc = {**doc, "combiners": encode_json(combiners)}
         return _round(doc)
 
     def get_rounds(self, job: str) -> list[RoundRecord]:
@@ -505,18 +449,7 @@ class MongoStateStore(StateStore):
     # ---- updates
     def record_update(self, rec: UpdateRecord) -> bool:
         self._init()
-        doc = {
-            "job": rec.job,
-            "round": rec.round,
-            "attempt": rec.attempt,
-            "client": rec.client,
-            "combiner": rec.combiner,
-            "status": rec.status,
-            "num_examples": rec.num_examples,
-            "reason": rec.reason,
-            "sha256": rec.sha256,
-            "at": rec.at or now(),
-        }
+        doc = _doc(rec, at=rec.at or now())
         with self._errors(f"record update of client {rec.client!r}"):
             try:
                 self._updates.insert_one(doc)
@@ -544,17 +477,7 @@ class MongoStateStore(StateStore):
         makes a writer that lost a race retry. An event given with a seq that
         already exists is ignored (idempotent replay)."""
         self._init()
-        doc = {
-            "job": ev.job,
-            "kind": ev.kind,
-            "message": ev.message,
-            "level": ev.level,
-            "round": ev.round,
-            "attempt": ev.attempt,
-            "client": ev.client,
-            "combiner": ev.combiner,
-            "at": ev.at or now(),
-        }
+        doc = _doc(ev, at=ev.at or now())
         with self._errors(f"add event to job {ev.job!r}"):
             if ev.seq:
                 with contextlib.suppress(DuplicateKeyError):
@@ -611,15 +534,7 @@ class MongoStateStore(StateStore):
     # ---- models
     def add_model(self, rec: ModelRecord) -> None:
         self._init()
-        doc = {
-            "job": rec.job,
-            "round": rec.round,
-            "key": rec.key,
-            "parent": rec.parent,
-            "sha256": rec.sha256,
-            "size": rec.size,
-            "created_at": rec.created_at or now(),
-        }
+        doc = _doc(rec, created_at=rec.created_at or now())
         with self._errors(f"add model of job {rec.job!r} round {rec.round}"):
             flt = {"job": rec.job, "round": rec.round}
             try:

@@ -11,7 +11,6 @@ attempt per (job, round) as a second line of defence.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import sqlite3
 import threading
@@ -22,6 +21,8 @@ from typing import Any
 
 from fedkube.errors import StateError
 from fedkube.state.base import (
+    JOB_JSON_FIELDS,
+    SCHEMA_VERSION,
     ClientRecord,
     EventRecord,
     JobRecord,
@@ -29,13 +30,13 @@ from fedkube.state.base import (
     RoundRecord,
     StateStore,
     UpdateRecord,
+    check_schema_version,
+    encode_json,
+    encode_json_fields,
     now,
 )
 from fedkube.vocabulary import AttemptStatus, Phase
 
-_PHASES = tuple(p.value for p in Phase)
-
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
@@ -124,31 +125,25 @@ CREATE TABLE IF NOT EXISTS models (
 );
 """
 
-_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
-_JOB_JSON = frozenset({"manifest", "metrics"})
 _ROUND_JSON = frozenset({"metrics", "validation", "timings", "participants", "combiners"})
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+def _plain(row: sqlite3.Row) -> dict[str, Any]:
+    return {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
-    d = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row
-    for k in _JOB_JSON:
+    d = _plain(row)
+    for k in JOB_JSON_FIELDS:
         d[k] = json.loads(d[k])
     return JobRecord(**d)
 
 
 def _round(row: sqlite3.Row) -> RoundRecord:
-    d = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row
+    d = _plain(row)
     for k in _ROUND_JSON:
         d[k] = json.loads(d[k])
     return RoundRecord(**d)
-
-
-def _plain(row: sqlite3.Row) -> dict[str, Any]:
-    return {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row
 
 
 class SqliteStateStore(StateStore):
@@ -210,11 +205,8 @@ class SqliteStateStore(StateStore):
             version = row[0]
             if version is None:
                 c.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif version > SCHEMA_VERSION:
-                raise StateError(
-                    f"state store {self.uri} has schema version {version}, newer than this "
-                    f"fedkube supports ({SCHEMA_VERSION}); upgrade fedkube"
-                )
+            else:
+                check_schema_version(self.uri, version)
             # version < SCHEMA_VERSION: future migrations go here.
 
     @contextlib.contextmanager
@@ -272,7 +264,7 @@ class SqliteStateStore(StateStore):
                 " VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET manifest = excluded.manifest,"
                 " updated_at = excluded.updated_at",
-                (name, _dumps(manifest), Phase.PENDING, t, t),
+                (name, encode_json(manifest), Phase.PENDING, t, t),
             )
             row = c.execute("SELECT * FROM jobs WHERE name = ?", (name,)).fetchone()
         return _job(row)
@@ -284,20 +276,12 @@ class SqliteStateStore(StateStore):
     def list_jobs(self) -> list[JobRecord]:
         return [_job(r) for r in self._query("SELECT * FROM jobs ORDER BY name")]
 
-    def update_job(self, name: str, **fields: Any) -> JobRecord:
-        bad = sorted(k for k in fields if k not in _JOB_FIELDS or k == "name")
-        if bad:
-            raise StateError(f"update_job({name!r}): unknown or read-only field(s) {bad}")
-        if "phase" in fields and fields["phase"] not in _PHASES:
-            raise StateError(
-                f"update_job({name!r}): unknown phase {fields['phase']!r} (one of {_PHASES})"
-            )
-        fields.setdefault("updated_at", now())
-        cols = sorted(fields)
-        values = [_dumps(fields[k]) if k in _JOB_JSON else fields[k] for k in cols]
-        assignments = ", ".join(f"{k} = ?" for k in cols)
+    def _set_job(self, name: str, values: dict[str, Any]) -> JobRecord:
+        assignments = ", ".join(f"{k} = ?" for k in values)
         with self._tx() as c:
-            cur = c.execute(f"UPDATE jobs SET {assignments} WHERE name = ?", (*values, name))
+            cur = c.execute(
+                f"UPDATE jobs SET {assignments} WHERE name = ?", (*values.values(), name)
+            )
             if cur.rowcount == 0:
                 raise StateError(f"update_job: no job {name!r}")
             row = c.execute("SELECT * FROM jobs WHERE name = ?", (name,)).fetchone()
@@ -341,7 +325,7 @@ class SqliteStateStore(StateStore):
             combiners[combiner] = progress
             c.execute(
                 "UPDATE rounds SET combiners = ? WHERE job = ? AND round = ? AND attempt = ?",
-                (_dumps(combiners), job, round, attempt),
+                (encode_json(combiners), job, round, attempt),
             )
 
     def fail_attempt(self, job: str, round: int, attempt: int, reason: str) -> None:
@@ -357,23 +341,11 @@ class SqliteStateStore(StateStore):
                 (AttemptStatus.FAILED, reason, now(), job, round, attempt, AttemptStatus.RUNNING),
             )
 
-    def commit_round(
-        self,
-        job: str,
-        round: int,
-        attempt: int,
-        *,
-        model_key: str,
-        n_updates: int,
-        num_examples: int,
-        metrics: dict[str, float],
-        timings: dict[str, float],
-        participants: list[str],
-        combiners: dict[str, dict[str, Any]],
-    ) -> bool:
-        """See StateStore.commit_round. An attempt that was never begun is created
-        completed; committing a *failed* attempt raises StateError."""
-        t = now()
+    def _commit_round(self, job: str, round: int, attempt: int, result: dict[str, Any]) -> bool:
+        values = {"status": AttemptStatus.COMPLETED, **encode_json_fields(result, _ROUND_JSON)}
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        assignments = ", ".join(f"{k} = excluded.{k}" for k in values)
         with self._tx() as c:
             done = c.execute(
                 "SELECT attempt FROM rounds WHERE job = ? AND round = ? AND status = ?",
@@ -387,33 +359,13 @@ class SqliteStateStore(StateStore):
                     f"commit_round: attempt {attempt} of job {job!r} round {round} already "
                     f"failed ({row['reason']}); start a new attempt"
                 )
-            values = (
-                AttemptStatus.COMPLETED,
-                t,
-                model_key,
-                n_updates,
-                num_examples,
-                _dumps(metrics),
-                _dumps(timings),
-                _dumps(participants),
-                _dumps(combiners),
+            # A running attempt is updated; one never begun is inserted, started now.
+            c.execute(
+                f"INSERT INTO rounds (job, round, attempt, started_at, {cols})"
+                f" VALUES (?, ?, ?, ?, {marks})"
+                f" ON CONFLICT (job, round, attempt) DO UPDATE SET {assignments}",
+                (job, round, attempt, result["completed_at"], *values.values()),
             )
-            if row is None:
-                c.execute(
-                    "INSERT INTO rounds (status, completed_at, model_key, n_updates,"
-                    " num_examples, metrics, timings, participants, combiners,"
-                    " job, round, attempt, started_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*values, job, round, attempt, t),
-                )
-            else:
-                c.execute(
-                    "UPDATE rounds SET status = ?, completed_at = ?, model_key = ?,"
-                    " n_updates = ?, num_examples = ?, metrics = ?, timings = ?,"
-                    " participants = ?, combiners = ?"
-                    " WHERE job = ? AND round = ? AND attempt = ?",
-                    (*values, job, round, attempt),
-                )
         return True
 
     def set_validation(
@@ -423,7 +375,7 @@ class SqliteStateStore(StateStore):
             cur = c.execute(
                 "UPDATE rounds SET validation = ?, validation_examples = ?"
                 " WHERE job = ? AND round = ? AND status = ?",
-                (_dumps(metrics), num_examples, job, round, AttemptStatus.COMPLETED),
+                (encode_json(metrics), num_examples, job, round, AttemptStatus.COMPLETED),
             )
             if cur.rowcount == 0:
                 raise StateError(f"set_validation: job {job!r} round {round} is not committed")

@@ -22,6 +22,7 @@ import pytest
 
 from fedkube.errors import StateError
 from fedkube.state.base import (
+    SCHEMA_VERSION,
     ClientRecord,
     EventRecord,
     ModelRecord,
@@ -29,7 +30,7 @@ from fedkube.state.base import (
     UpdateRecord,
 )
 from fedkube.state.factory import open_state_store
-from fedkube.state.sqlite import SCHEMA_VERSION, SqliteStateStore
+from fedkube.state.sqlite import SqliteStateStore
 from fedkube.vocabulary import AttemptStatus, Phase
 from tests.support.services import MongoServer
 
