@@ -4,7 +4,8 @@ No Kubernetes client and no kopf here: every function takes the job (a
 ``fedkube.spec.FederatedJob``), its namespace and uid and the operator's
 settings, and returns plain dicts ready for server-side apply. The kopf
 handlers stay thin: they read, call these, apply, and patch the status that
-``status_from`` computes.
+``fedkube.operator.status.status_from`` computes (this module builds manifests
+only; child names and Secret keys come from ``names``).
 
 Children, in apply order (``build_children``):
 
@@ -29,10 +30,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import yaml
@@ -48,12 +47,8 @@ WORKDIR: Final = "/var/lib/fedkube"
 TMPDIR: Final = "/tmp"  # the store writes temporary files here; the root FS is read-only
 
 REDUCER_HEALTH_PORT: Final = 8080
-CLIENT_TOKEN_KEY: Final = "client-token"
-REDUCER_TOKEN_KEY: Final = "reducer-token"
 CLIENT_TOKEN_ENV: Final = "FEDKUBE_CLIENT_TOKEN"  # = fedkube.rpc.CLIENT_TOKEN_ENV
 REDUCER_TOKEN_ENV: Final = "FEDKUBE_REDUCER_TOKEN"  # = fedkube.rpc.REDUCER_TOKEN_ENV
-S3_CREDENTIAL_KEYS: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-MONGODB_URI_KEY: Final = "uri"
 CONFIG_HASH_ANNOTATION: Final = "fedkube.dev/config-hash"
 TERMINATION_GRACE_SECONDS: Final = 30
 
@@ -148,7 +143,7 @@ def check_runnable(job: FederatedJob) -> None:
     if not s3.credentials_secret:
         raise BuildError(
             "spec.storage.s3.credentialsSecret is required on Kubernetes: the pods read "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from that Secret"
+            f"{' and '.join(names.S3_CREDENTIAL_KEYS)} from that Secret"
         )
     mongo = spec.state_store.mongodb
     if mongo is None:
@@ -158,7 +153,7 @@ def check_runnable(job: FederatedJob) -> None:
     if not mongo.uri_secret:
         raise BuildError(
             "spec.stateStore.mongodb.uriSecret is required on Kubernetes: the pods read the "
-            f"MongoDB URI from that Secret's key {MONGODB_URI_KEY!r} into ${mongo.uri_env}"
+            f"MongoDB URI from that Secret's key {names.MONGODB_URI_KEY!r} into ${mongo.uri_env}"
         )
     svc = spec.clients.service
     if svc.node_port is not None and svc.type == "ClusterIP":
@@ -221,8 +216,8 @@ def _store_env(job: FederatedJob) -> list[dict[str, Any]]:
     mongo = job.spec.state_store.mongodb
     assert s3 is not None and s3.credentials_secret  # check_runnable
     assert mongo is not None and mongo.uri_secret
-    env = [_secret_env(k, s3.credentials_secret, k) for k in S3_CREDENTIAL_KEYS]
-    env.append(_secret_env(mongo.uri_env, mongo.uri_secret, MONGODB_URI_KEY))
+    env = [_secret_env(k, s3.credentials_secret, k) for k in names.S3_CREDENTIAL_KEYS]
+    env.append(_secret_env(mongo.uri_env, mongo.uri_secret, names.MONGODB_URI_KEY))
     return env
 
 
@@ -312,7 +307,10 @@ def build_tokens_secret(
             names.tokens_secret(job.name), job, namespace, uid, names.COMPONENT_TOKENS
         ),
         "type": "Opaque",
-        "stringData": {CLIENT_TOKEN_KEY: client_token, REDUCER_TOKEN_KEY: reducer_token},
+        "stringData": {
+            names.CLIENT_TOKEN_KEY: client_token,
+            names.REDUCER_TOKEN_KEY: reducer_token,
+        },
     }
 
 
@@ -431,7 +429,7 @@ def build_reducer_deployment(
 ) -> dict[str, Any]:
     """Deployment ``<job>-reducer``: one pod (Recreate: never two round loops at once)."""
     tokens = names.tokens_secret(job.name)
-    env = [_secret_env(REDUCER_TOKEN_ENV, tokens, REDUCER_TOKEN_KEY), *_store_env(job)]
+    env = [_secret_env(REDUCER_TOKEN_ENV, tokens, names.REDUCER_TOKEN_KEY), *_store_env(job)]
     container: dict[str, Any] = {
         "name": "reducer",
         **_image(job, settings),
@@ -485,8 +483,8 @@ def build_combiner_statefulset(
             "name": "POD_NAME",
             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
         },
-        _secret_env(CLIENT_TOKEN_ENV, tokens, CLIENT_TOKEN_KEY),
-        _secret_env(REDUCER_TOKEN_ENV, tokens, REDUCER_TOKEN_KEY),
+        _secret_env(CLIENT_TOKEN_ENV, tokens, names.CLIENT_TOKEN_KEY),
+        _secret_env(REDUCER_TOKEN_ENV, tokens, names.REDUCER_TOKEN_KEY),
         *_store_env(job),
     ]
     container: dict[str, Any] = {
@@ -557,207 +555,3 @@ def build_children(
         build_combiner_statefulset(job, namespace, uid, settings),
         build_reducer_deployment(job, namespace, uid, settings),
     ]
-
-
-# ---------------------------------------------------------------- status
-
-PENDING: Final = "Pending"
-RUNNING: Final = "Running"
-SUSPENDED: Final = "Suspended"
-SUCCEEDED: Final = "Succeeded"
-FAILED: Final = "Failed"
-TERMINAL: Final = (SUCCEEDED, FAILED)
-
-CONDITION_TYPES: Final = ("Ready", "Progressing", "Suspended", "Complete", "Failed")
-HEADLINE_METRICS: Final = ("accuracy", "acc", "loss")
-
-
-def rfc3339(t: float | datetime) -> str:
-    """2024-05-01T12:00:00Z (seconds precision, UTC), as Kubernetes writes times."""
-    dt = t if isinstance(t, datetime) else datetime.fromtimestamp(t, UTC)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def headline_metric(metrics: Mapping[str, Any]) -> str | None:
-    """``accuracy=0.9680``: the first of accuracy, acc, loss, else the first metric."""
-    if not metrics:
-        return None
-    key = next((k for k in HEADLINE_METRICS if k in metrics), next(iter(metrics)))
-    return f"{key}={float(metrics[key]):.4f}"
-
-
-def _field(record: Any, key: str, default: Any = None) -> Any:
-    """A field of a JobRecord (dataclass) or of its dict form."""
-    if record is None:
-        return default
-    if isinstance(record, Mapping):
-        value = record.get(key, default)
-    else:
-        value = getattr(record, key, default)
-    return default if value is None else value
-
-
-def _condition(
-    type_: str,
-    true: bool,
-    reason: str,
-    message: str,
-    *,
-    previous: Mapping[str, Mapping[str, Any]],
-    now: str,
-    generation: int | None,
-) -> dict[str, Any]:
-    status = "True" if true else "False"
-    since = now
-    prev = previous.get(type_)
-    if prev is not None and prev.get("status") == status and prev.get("lastTransitionTime"):
-        since = str(prev["lastTransitionTime"])
-    cond: dict[str, Any] = {
-        "type": type_,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since,
-    }
-    if generation is not None:
-        cond["observedGeneration"] = generation
-    return cond
-
-
-def _phase(job: FederatedJob, record_phase: str | None) -> str:
-    if record_phase in TERMINAL:
-        return record_phase
-    if job.spec.suspend:
-        return SUSPENDED
-    return record_phase or PENDING
-
-
-def status_from(
-    job: FederatedJob,
-    *,
-    record: Any,
-    statefulset: Mapping[str, Any] | None,
-    deployment: Mapping[str, Any] | None,
-    generation: int | None,
-    previous: Mapping[str, Any] | None,
-    now: float | datetime,
-    error: str | None = None,
-) -> dict[str, Any]:
-    """The FederatedJob's status block, from what the operator observes.
-
-    record: the job record of the state store (a ``fedkube.state.JobRecord`` or
-        its dict form: phase, message, current_round, completed_rounds,
-        latest_model, metrics, started_at, completed_at), or None before it exists.
-    statefulset / deployment: the ``status`` (not the whole object) of the
-        combiner StatefulSet and of the reducer Deployment; None before they exist.
-    generation: the FederatedJob's metadata.generation (observedGeneration).
-    previous: the current status, to keep the lastTransitionTime of conditions
-        whose status did not change.
-    error: why the children cannot be built (a BuildError message), if so.
-
-    Optional fields without a value (latestModel, startTime, completionTime,
-    headlineMetric) are None, which deletes them under a merge patch.
-    """
-    now_s = rfc3339(now)
-    spec = job.spec
-    record_phase: str | None = _field(record, "phase")
-    phase = _phase(job, record_phase)
-    message = str(_field(record, "message", ""))
-    current = int(_field(record, "current_round", 0))
-    completed = int(_field(record, "completed_rounds", 0))
-    metrics = {
-        str(k): v
-        for k, v in dict(_field(record, "metrics", {})).items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    }
-    started = _field(record, "started_at")
-    finished = _field(record, "completed_at") if phase in TERMINAL else None
-
-    sts = statefulset or {}
-    dep = deployment or {}
-    desired = combiner_replicas(job)
-    ready = int(sts.get("readyReplicas") or 0)
-    reducer_ready = int(dep.get("readyReplicas") or 0) >= 1
-
-    prev_conds = {
-        c["type"]: c
-        for c in (previous or {}).get("conditions") or []
-        if isinstance(c, Mapping) and "type" in c
-    }
-
-    def cond(type_: str, true: bool, reason: str, msg: str) -> dict[str, Any]:
-        return _condition(
-            type_, true, reason, msg, previous=prev_conds, now=now_s, generation=generation
-        )
-
-    combiners_msg = f"{ready}/{desired} combiners ready"
-    if error:
-        ready_c = cond("Ready", False, "InvalidSpec", error)
-    elif not reducer_ready:
-        ready_c = cond("Ready", False, "ReducerNotReady", f"reducer not ready; {combiners_msg}")
-    elif ready < desired:
-        ready_c = cond("Ready", False, "CombinersNotReady", f"reducer ready; {combiners_msg}")
-    else:
-        ready_c = cond("Ready", True, "Ready", f"reducer ready; {combiners_msg}")
-
-    if phase == RUNNING:
-        progress = f"round {current} of {spec.rounds} ({completed} completed)"
-        progressing_c = cond("Progressing", True, "RoundsRunning", progress)
-    else:
-        wait = message or ("waiting for the reducer" if phase == PENDING else "")
-        progressing_c = cond("Progressing", False, phase, wait)
-
-    if phase in TERMINAL:
-        suspended_c = cond("Suspended", False, phase, "the job has finished")
-    elif spec.suspend and record_phase == SUSPENDED:
-        suspended_c = cond(
-            "Suspended", True, "Suspended", "round loop paused; combiners scaled to zero"
-        )
-    elif spec.suspend:
-        suspended_c = cond(
-            "Suspended",
-            True,
-            "Suspending",
-            "spec.suspend is true: combiners scaled to zero, the round loop pauses "
-            "before its next round",
-        )
-    elif record_phase == SUSPENDED:
-        suspended_c = cond(
-            "Suspended", True, "Resuming", "spec.suspend is false: the round loop resumes"
-        )
-    else:
-        suspended_c = cond("Suspended", False, "NotSuspended", "")
-
-    if phase == SUCCEEDED:
-        complete_c = cond(
-            "Complete", True, "RoundsCompleted", message or f"completed {completed} rounds"
-        )
-    else:
-        complete_c = cond("Complete", False, phase, "")
-    if phase == FAILED:
-        failed_c = cond("Failed", True, "RoundFailed", message or "the job failed")
-    else:
-        failed_c = cond("Failed", False, phase, "")
-
-    status: dict[str, Any] = {
-        "phase": phase,
-        "message": message,
-        "currentRound": current,
-        "completedRounds": completed,
-        "latestModel": _field(record, "latest_model"),
-        "metrics": metrics,
-        "headlineMetric": headline_metric(metrics),
-        "combiners": {
-            "replicas": int(sts.get("replicas") or 0),
-            "ready": ready,
-            "selector": names.selector_string(job.name, names.COMPONENT_COMBINER),
-        },
-        "startTime": rfc3339(started) if started is not None else None,
-        "completionTime": rfc3339(finished) if finished is not None else None,
-        "conditions": [ready_c, progressing_c, suspended_c, complete_c, failed_c],
-    }
-    if generation is not None:
-        status["observedGeneration"] = generation
-    return status

@@ -1,10 +1,12 @@
 """kopf handlers: thin async glue between FederatedJobs and their children (I/O).
 
 Everything that decides *what* to write lives in the pure modules beside this
-one (builders.py, names.py); this module only reads the world, calls them and
-writes the result back: server-side apply of the children, the job record in
-the state store (which the reducer follows for replicas and suspend), the
-status block and Kubernetes Events.
+one (builders.py: the children's manifests; status.py: the status block from
+``status_from`` and the Events' reasons; names.py: child names and Secret keys;
+crd.py: the resource's group, version and plural); this module only reads the
+world, calls them and writes the result back: server-side apply of the
+children, the job record in the state store (which the reducer follows for
+replicas and suspend), the status block and Kubernetes Events.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import kopf
 
 from fedkube.errors import FedkubeError, SpecError
 from fedkube.operator import names
-from fedkube.operator.builders import BuildError, OperatorSettings, build_children, status_from
+from fedkube.operator.builders import BuildError, OperatorSettings, build_children
+from fedkube.operator.crd import GROUP, PLURAL, VERSION
 from fedkube.operator.kube import Kube
-from fedkube.spec import FederatedJob, parse_job
+from fedkube.operator.status import EventReason, parse_rfc3339, phase_event_reason, status_from
+from fedkube.spec import API_VERSION, KIND, FederatedJob, parse_job
 from fedkube.state import StateStore, open_state_store
+from fedkube.vocabulary import TERMINAL_PHASES, Phase
 
-GROUP, VERSION, PLURAL = "fedkube.dev", "v1alpha1", "federatedjobs"
 SYNC_INTERVAL = 5.0
 
 
@@ -116,10 +120,10 @@ async def _state_for(rt: Runtime, job: FederatedJob, namespace: str) -> StateSto
         if mongo is None or not mongo.uri_secret:
             raise BuildError("spec.stateStore.mongodb.uriSecret is required on Kubernetes")
         assert rt.kube is not None
-        uri = await rt.kube.secret_value(namespace, mongo.uri_secret, "uri")
+        uri = await rt.kube.secret_value(namespace, mongo.uri_secret, names.MONGODB_URI_KEY)
         if not uri:
             raise BuildError(
-                f"Secret {namespace}/{mongo.uri_secret} has no key 'uri' "
+                f"Secret {namespace}/{mongo.uri_secret} has no key {names.MONGODB_URI_KEY!r} "
                 "(spec.stateStore.mongodb.uriSecret)"
             )
         if "/" not in uri.split("://", 1)[-1].split("?")[0]:
@@ -133,8 +137,8 @@ async def _tokens(rt: Runtime, namespace: str, name: str) -> tuple[str, str]:
     """Keep the tokens of an existing Secret; make new ones only the first time."""
     assert rt.kube is not None
     sec = names.tokens_secret(name)
-    client = await rt.kube.secret_value(namespace, sec, "client-token")
-    reducer = await rt.kube.secret_value(namespace, sec, "reducer-token")
+    client = await rt.kube.secret_value(namespace, sec, names.CLIENT_TOKEN_KEY)
+    reducer = await rt.kube.secret_value(namespace, sec, names.REDUCER_TOKEN_KEY)
     return client or secrets.token_urlsafe(32), reducer or secrets.token_urlsafe(32)
 
 
@@ -168,8 +172,8 @@ async def reconcile(
         )
         state = await _state_for(rt, job, namespace)
     except (SpecError, BuildError) as exc:
-        kopf.warn(body, reason="InvalidSpec", message=str(exc))
-        patch.status["phase"] = "Failed"
+        kopf.warn(body, reason=EventReason.INVALID_SPEC, message=str(exc))
+        patch.status["phase"] = Phase.FAILED.value
         patch.status["message"] = str(exc)
         raise kopf.PermanentError(str(exc)) from None
     for obj in children:
@@ -177,11 +181,12 @@ async def reconcile(
     try:
         await asyncio.to_thread(state.create_job, name, job.to_manifest())
     except FedkubeError as exc:
-        kopf.warn(body, reason="StateStoreUnavailable", message=str(exc))
+        kopf.warn(body, reason=EventReason.STATE_STORE_UNAVAILABLE, message=str(exc))
         raise kopf.TemporaryError(f"state store: {exc}", delay=10) from None
     kinds = ", ".join(sorted({o["kind"] for o in children}))
-    logger.info(f"applied {len(children)} children ({kinds})")
-    kopf.info(body, reason="Reconciled", message=f"applied {len(children)} children ({kinds})")
+    summary = f"applied {len(children)} children ({kinds})"
+    logger.info(summary)
+    kopf.info(body, reason=EventReason.RECONCILED, message=summary)
 
 
 def _now() -> datetime.datetime:
@@ -227,17 +232,18 @@ async def sync_status(
     changed = {k: v for k, v in new.items() if old.get(k) != v}
     if changed:
         patch.status.update(changed)
-    if new.get("phase") != old.get("phase"):
-        msg = new.get("message") or f"phase {new.get('phase')}"
-        if new.get("phase") == "Failed":
-            kopf.warn(body, reason=f"Job{new.get('phase')}", message=msg)
+    phase = new["phase"]  # status_from always sets it
+    if phase != old.get("phase"):
+        msg = new.get("message") or f"phase {phase}"
+        if phase == Phase.FAILED:
+            kopf.warn(body, reason=phase_event_reason(phase), message=msg)
         else:
-            kopf.info(body, reason=f"Job{new.get('phase')}", message=msg)
+            kopf.info(body, reason=phase_event_reason(phase), message=msg)
     if new.get("completedRounds", 0) > old.get("completedRounds", 0):
         metric = new.get("headlineMetric") or ""
         kopf.info(
             body,
-            reason="RoundCompleted",
+            reason=EventReason.ROUND_COMPLETED,
             message=f"round {new['completedRounds']}/{job.spec.rounds} committed {metric}".strip(),
         )
     await _maybe_expire(rt, body, job, new, logger)
@@ -252,12 +258,11 @@ async def _maybe_expire(
 ) -> None:
     ttl = job.spec.ttl_seconds_after_finished
     done = status.get("completionTime")
-    if ttl is None or status.get("phase") not in ("Succeeded", "Failed") or not done:
+    if ttl is None or status.get("phase") not in TERMINAL_PHASES or not done:
         return
-    finished = datetime.datetime.strptime(done, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-    if (_now() - finished).total_seconds() >= ttl:
+    if (_now() - parse_rfc3339(done)).total_seconds() >= ttl:
         md = body["metadata"]
         logger.info(f"ttlSecondsAfterFinished={ttl} elapsed: deleting the FederatedJob")
-        kopf.info(body, reason="Expired", message=f"deleted {ttl}s after it finished")
+        kopf.info(body, reason=EventReason.EXPIRED, message=f"deleted {ttl}s after it finished")
         assert rt.kube is not None
-        await rt.kube.delete("fedkube.dev/v1alpha1", "FederatedJob", md["namespace"], md["name"])
+        await rt.kube.delete(API_VERSION, KIND, md["namespace"], md["name"])

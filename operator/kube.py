@@ -13,9 +13,12 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from fedkube.operator.crd import PLURAL
+from fedkube.spec import API_VERSION, KIND
+
 FIELD_MANAGER = "fedkube-operator"
 
-# kind -> (api path prefix, plural, namespaced)
+# (apiVersion, kind) -> (api path prefix, plural); every kind here is namespaced
 _KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
     ("v1", "Secret"): ("/api/v1", "secrets"),
@@ -23,7 +26,7 @@ _KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Event"): ("/api/v1", "events"),
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
     ("apps/v1", "StatefulSet"): ("/apis/apps/v1", "statefulsets"),
-    ("fedkube.dev/v1alpha1", "FederatedJob"): ("/apis/fedkube.dev/v1alpha1", "federatedjobs"),
+    (API_VERSION, KIND): (f"/apis/{API_VERSION}", PLURAL),
 }
 
 

@@ -1,6 +1,8 @@
-"""Names and labels of a FederatedJob's child objects. Pure module.
+"""Names and labels of a FederatedJob's child objects, and the keys inside its
+Secrets. Pure module.
 
-One FederatedJob ``<job>`` owns (see DESIGN.md, "Kubernetes"):
+One FederatedJob ``<job>`` owns (the README's "Kubernetes" section lists them
+too):
 
 =====================  ==================  ===========
 object                 name                component
@@ -24,6 +26,12 @@ StatefulSet's pods carry the label ``controller-revision-hash:
 to 10, so a StatefulSet name has at most 52 characters
 (kubernetes/kubernetes#64023: a longer one is accepted but never gets a pod).
 ``check_lengths`` asserts all of this for a name.
+
+Secret keys: the operator writes ``CLIENT_TOKEN_KEY`` and ``REDUCER_TOKEN_KEY``
+into ``<job>-tokens``; the user's Secrets that the spec names hold
+``S3_CREDENTIAL_KEYS`` (``spec.storage.s3.credentialsSecret``) and
+``MONGODB_URI_KEY`` (``spec.stateStore.mongodb.uriSecret``). The pods read them
+as environment variables and the operator reads the tokens and the URI back.
 """
 
 from __future__ import annotations
@@ -46,6 +54,13 @@ COMPONENT_CONFIG: Final = "config"
 COMPONENT_TOKENS: Final = "tokens"
 COMPONENTS: Final = (COMPONENT_REDUCER, COMPONENT_COMBINER, COMPONENT_CONFIG, COMPONENT_TOKENS)
 
+# Keys of the Secrets (see the module docstring).
+CLIENT_TOKEN_KEY: Final = "client-token"
+REDUCER_TOKEN_KEY: Final = "reducer-token"
+# Each key is also the name of the pods' environment variable (fedkube.store reads them).
+S3_CREDENTIAL_KEYS: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+MONGODB_URI_KEY: Final = "uri"
+
 # Kubernetes limits.
 DNS_LABEL_MAX: Final = 63
 LABEL_VALUE_MAX: Final = 63
@@ -62,7 +77,7 @@ def config_map(job: str) -> str:
 
 
 def tokens_secret(job: str) -> str:
-    """The Secret with the keys ``client-token`` and ``reducer-token``."""
+    """The Secret with the keys ``client-token`` and ``reducer-token`` (``*_TOKEN_KEY``)."""
     return f"{job}-tokens"
 
 
