@@ -29,6 +29,7 @@ from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
 from fedkube.rpc import ClientTLS, bearer, open_channel
 from fedkube.task import TaskContext
+from fedkube.vocabulary import MetadataKey, Reason
 
 # Errors that retrying cannot fix.
 _FATAL = {
@@ -125,7 +126,7 @@ class ClientRuntime:
             if self._stop.is_set():
                 call.cancel()
             for key, value in call.initial_metadata() or ():
-                if key == "fedkube-heartbeat-seconds":
+                if key == MetadataKey.HEARTBEAT_SECONDS:
                     self.heartbeat_seconds = max(0.05, float(value))
             hb = threading.Thread(target=self._heartbeat, args=(stub, call), daemon=True)
             hb.start()
@@ -159,7 +160,7 @@ class ClientRuntime:
                 )
             except grpc.RpcError:
                 continue
-            if not ack.accepted and ack.reason == "not_connected":
+            if not ack.accepted and ack.reason == Reason.NOT_CONNECTED:
                 self.log.warning("the combiner forgot this client; reconnecting")
                 call.cancel()
                 return

@@ -25,7 +25,7 @@ from fedkube.aggregate import make_aggregator
 from fedkube.aggregate.base import Aggregator
 from fedkube.combiner.verify import check_report, open_update
 from fedkube.errors import FedkubeError, UpdateRejected
-from fedkube.logs import get_logger
+from fedkube.logs import Logger, get_logger
 from fedkube.model import (
     ModelHeader,
     read_header,
@@ -38,12 +38,16 @@ from fedkube.selection import derive_seed, select_clients, weighted_metrics
 from fedkube.spec import FederatedJob
 from fedkube.state import ClientRecord, EventRecord, StateStore, UpdateRecord
 from fedkube.store import ObjectStore, partial_key, update_key
-from fedkube.vocabulary import Reason
+from fedkube.vocabulary import (
+    SETTLED,
+    AssignmentStatus,
+    ClientStatus,
+    EventKind,
+    MetadataKey,
+    Reason,
+)
 
 T = TypeVar("T")
-
-HEARTBEAT_METADATA = "fedkube-heartbeat-seconds"
-PENDING, ACCEPTED, REJECTED, FAILED = "pending", "accepted", "rejected", "failed"
 
 
 @dataclass
@@ -61,8 +65,8 @@ class ConnectedClient:
 class Assignment:
     task_id: str
     client_id: str
-    status: str = PENDING
-    reason: str = ""
+    status: AssignmentStatus = AssignmentStatus.PENDING
+    reason: Reason | None = None
     num_examples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -92,17 +96,17 @@ class RoundRun:
 
     @property
     def finished(self) -> bool:
-        return all(a.status in (ACCEPTED, REJECTED, FAILED) for a in self.assignments.values())
+        return all(a.status in SETTLED for a in self.assignments.values())
 
     def progress(self) -> pb.Progress:
         return pb.Progress(
             selected=len(self.assignments),
-            received=self.count(ACCEPTED),
-            rejected=self.count(REJECTED),
-            failed=self.count(FAILED),
+            received=self.count(AssignmentStatus.ACCEPTED),
+            rejected=self.count(AssignmentStatus.REJECTED),
+            failed=self.count(AssignmentStatus.FAILED),
         )
 
-    def settle(self, a: Assignment, status: str, reason: str = "") -> None:
+    def settle(self, a: Assignment, status: AssignmentStatus, reason: Reason | None = None) -> None:
         a.status, a.reason = status, reason
         self.changed.set()
 
@@ -145,7 +149,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             self.log.warning("state store write failed", error=str(exc))
             return None
 
-    def _event(self, kind: str, message: str, level: str = "info", **kw: Any) -> None:
+    def _event(self, kind: EventKind, message: str, level: str = "info", **kw: Any) -> None:
         ev = EventRecord(
             job=self.job.name, kind=kind, message=message, level=level, combiner=self.name, **kw
         )
@@ -162,7 +166,9 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         if not ok:
             self.log.warning("rejected call", who=who, reason=why, peer=context.peer())
             self._event(
-                "AuthFailed", f"{who} call from {context.peer()} rejected: {why}", "warning"
+                EventKind.AUTH_FAILED,
+                f"{who} call from {context.peer()} rejected: {why}",
+                "warning",
             )
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{who} token: {why}")
 
@@ -196,11 +202,13 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         )
         self.clients[cid] = me
         # Tell the client how often to heartbeat (we forget it after 3 missed beats).
-        await context.send_initial_metadata(((HEARTBEAT_METADATA, str(self.heartbeat_seconds)),))
+        await context.send_initial_metadata(
+            ((MetadataKey.HEARTBEAT_SECONDS.value, str(self.heartbeat_seconds)),)
+        )
         self.log.info("client connected", client=cid, connected=len(self.clients))
         await self._io_call(
             self.state.upsert_client,
-            ClientRecord(self.job.name, cid, self.name, "connected", time.time()),
+            ClientRecord(self.job.name, cid, self.name, ClientStatus.CONNECTED, time.time()),
         )
         try:
             while True:
@@ -217,7 +225,9 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                     asyncio.get_running_loop().run_in_executor(
                         self._io,
                         self.state.upsert_client,
-                        ClientRecord(self.job.name, cid, self.name, "disconnected", time.time()),
+                        ClientRecord(
+                            self.job.name, cid, self.name, ClientStatus.DISCONNECTED, time.time()
+                        ),
                     )
 
     def _drop(self, client: ConnectedClient, why: str) -> None:
@@ -226,10 +236,10 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         if run is None or client.busy is None:
             return
         a = run.assignments.get(client.busy)
-        if a is not None and a.status == PENDING:
-            run.settle(a, FAILED, f"client {why}")
+        if a is not None and a.status == AssignmentStatus.PENDING:
+            run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_LOST)
             self._event(
-                "ClientLost",
+                EventKind.CLIENT_LOST,
                 f"client {client.client_id} {why} during round {run.plan.round}",
                 "warning",
                 round=run.plan.round,
@@ -242,7 +252,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         await self._auth(context, self.client_token, "client")
         c = self.clients.get(request.client_id)
         if c is None:
-            return pb.Ack(accepted=False, reason="not_connected", message="connect first")
+            return pb.Ack(accepted=False, reason=Reason.NOT_CONNECTED, message="connect first")
         c.last_seen = time.monotonic()
         return pb.Ack(accepted=True)
 
@@ -279,7 +289,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             )
         if (round_, attempt) != (run.plan.round, run.plan.attempt):
             raise UpdateRejected(Reason.UNKNOWN_TASK, "round/attempt do not match the task")
-        if a.status != PENDING:
+        if a.status != AssignmentStatus.PENDING:
             raise UpdateRejected(
                 Reason.DUPLICATE, f"task {task_id!r} was already reported ({a.status})"
             )
@@ -289,85 +299,97 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         await self._auth(context, self.client_token, "client")
         log = self.log.bind(round=request.round, attempt=request.attempt, client=request.client_id)
         init = self.run is not None and self.run.plan.kind == pb.TASK_KIND_INIT
+        kind = pb.TASK_KIND_INIT if init else pb.TASK_KIND_TRAIN
         try:
             run, a = self._expected(
-                request.task_id,
-                request.client_id,
-                request.round,
-                request.attempt,
-                pb.TASK_KIND_INIT if init else pb.TASK_KIND_TRAIN,
+                request.task_id, request.client_id, request.round, request.attempt, kind
             )
-        except UpdateRejected as rej:
+        except UpdateRejected as rej:  # not a task of this round: counted nowhere
             log.warning("update ignored", reason=rej.reason, detail=str(rej))
-            self._event(
-                "UpdateIgnored",
+            self._report_event(
+                EventKind.UPDATE_IGNORED,
+                request,
                 f"update from {request.client_id} for round {request.round} ignored: {rej}",
-                "warning",
-                round=request.round,
-                attempt=request.attempt,
-                client=request.client_id,
             )
             return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
         self._release(a.client_id, a.task_id)
         if request.error:
-            run.settle(a, FAILED, "client_error")
-            log.warning("client training failed", error=request.error[:2000])
-            self._event(
-                "TrainFailed",
-                f"client {request.client_id} failed round {request.round}: {request.error[:500]}",
-                "warning",
-                round=request.round,
-                attempt=request.attempt,
-                client=request.client_id,
-            )
-            await self._record(run, a, "rejected", "client_error")
-            return pb.Ack(accepted=False, reason="client_error", message="failure recorded")
-        a.status = "checking"  # neither pending nor final: a duplicate report is refused
+            return await self._client_failed(run, a, request, log)
+        a.status = AssignmentStatus.CHECKING  # a second report is now a duplicate
         try:
             check_report(request.num_examples, dict(request.metrics))
             await self._cpu_call(self._check_seed if init else self._aggregate, run, request)
         except UpdateRejected as rej:
-            run.settle(a, REJECTED, rej.reason)
-            log.warning("update rejected", reason=rej.reason, detail=str(rej))
-            self._event(
-                "UpdateRejected",
-                f"update from client {request.client_id} for round "
-                f"{request.round} rejected ({rej.reason}): {rej}",
-                "warning",
-                round=request.round,
-                attempt=request.attempt,
-                client=request.client_id,
-            )
-            await self._record(run, a, "rejected", rej.reason)
-            return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
+            return await self._rejected(run, a, request, rej, log)
         except Exception as exc:  # storage failure etc.: the client is not at fault
-            run.settle(a, FAILED, "combiner_error")
+            run.settle(a, AssignmentStatus.FAILED, Reason.COMBINER_ERROR)
             log.error("update could not be processed", error=str(exc), exc_info=True)
-            self._event(
-                "UpdateFailed",
+            self._report_event(
+                EventKind.UPDATE_FAILED,
+                request,
                 f"update from {request.client_id} could not be processed: {exc}",
                 "error",
-                round=request.round,
-                client=request.client_id,
             )
-            return pb.Ack(accepted=False, reason="combiner_error", message=str(exc))
+            return pb.Ack(accepted=False, reason=Reason.COMBINER_ERROR, message=str(exc))
         if run.cancelled:
-            return pb.Ack(accepted=False, reason="past_round", message="the round was cancelled")
+            return pb.Ack(
+                accepted=False, reason=Reason.PAST_ROUND, message="the round was cancelled"
+            )
         a.num_examples = request.num_examples
         a.metrics = dict(request.metrics)
-        run.settle(a, ACCEPTED)
+        run.settle(a, AssignmentStatus.ACCEPTED)
         log.info(
             "update accepted",
             num_examples=request.num_examples,
-            received=run.count(ACCEPTED),
+            received=run.count(AssignmentStatus.ACCEPTED),
             selected=len(run.assignments),
         )
-        await self._record(run, a, "accepted", "", request.sha256)
+        await self._record(run, a, request.sha256)
         return pb.Ack(accepted=True)
 
-    async def _record(
-        self, run: RoundRun, a: Assignment, status: str, reason: str, sha: str = ""
+    async def _client_failed(
+        self, run: RoundRun, a: Assignment, request: pb.Update, log: Logger
+    ) -> pb.Ack:
+        """The client reports that its own code failed: no update, nobody proved wrong."""
+        run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_ERROR)
+        log.warning("client training failed", error=request.error[:2000])
+        self._report_event(
+            EventKind.TRAIN_FAILED,
+            request,
+            f"client {request.client_id} failed round {request.round}: {request.error[:500]}",
+        )
+        await self._record(run, a)
+        return pb.Ack(accepted=False, reason=Reason.CLIENT_ERROR, message="failure recorded")
+
+    async def _rejected(
+        self, run: RoundRun, a: Assignment, request: pb.Update, rej: UpdateRejected, log: Logger
+    ) -> pb.Ack:
+        run.settle(a, AssignmentStatus.REJECTED, rej.reason)
+        log.warning("update rejected", reason=rej.reason, detail=str(rej))
+        self._report_event(
+            EventKind.UPDATE_REJECTED,
+            request,
+            f"update from client {request.client_id} for round "
+            f"{request.round} rejected ({rej.reason}): {rej}",
+        )
+        await self._record(run, a)
+        return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
+
+    def _report_event(
+        self, kind: EventKind, request: pb.Update, message: str, level: str = "warning"
     ) -> None:
+        """An event about a client's report, naming its round, attempt and client."""
+        self._event(
+            kind,
+            message,
+            level,
+            round=request.round,
+            attempt=request.attempt,
+            client=request.client_id,
+        )
+
+    async def _record(self, run: RoundRun, a: Assignment, sha: str = "") -> None:
+        """The settled assignment as the client's UpdateRecord (status and reason)."""
         await self._io_call(
             self.state.record_update,
             UpdateRecord(
@@ -376,9 +398,9 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 attempt=run.plan.attempt,
                 client=a.client_id,
                 combiner=self.name,
-                status=status,
+                status=a.status,
                 num_examples=a.num_examples,
-                reason=reason,
+                reason=a.reason or "",
                 sha256=sha,
                 at=time.time(),
             ),
@@ -452,24 +474,24 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
         self._release(a.client_id, a.task_id)
         if request.error:
-            run.settle(a, FAILED, "client_error")
+            run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_ERROR)
             self._event(
-                "ValidationFailed",
+                EventKind.VALIDATION_FAILED,
                 f"client {request.client_id} failed validation of "
                 f"round {request.round}: {request.error[:500]}",
                 "warning",
                 round=request.round,
                 client=request.client_id,
             )
-            return pb.Ack(accepted=False, reason="client_error")
+            return pb.Ack(accepted=False, reason=Reason.CLIENT_ERROR)
         try:
             check_report(request.num_examples, dict(request.metrics))
         except UpdateRejected as rej:
-            run.settle(a, REJECTED, rej.reason)
+            run.settle(a, AssignmentStatus.REJECTED, rej.reason)
             return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
         a.num_examples = request.num_examples
         a.metrics = dict(request.metrics)
-        run.settle(a, ACCEPTED)
+        run.settle(a, AssignmentStatus.ACCEPTED)
         return pb.Ack(accepted=True)
 
     # ------------------------------------------------------------ reducer-facing
@@ -508,18 +530,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this combiner serves job {self.job.name!r}, not {plan.job!r}",
             )
-        if self.run is not None and not self.run.cancelled:
-            self.log.warning(
-                "superseding the running round",
-                old_round=self.run.plan.round,
-                old_attempt=self.run.plan.attempt,
-                round=plan.round,
-                attempt=plan.attempt,
-            )
-            self._cancel(self.run)
-        remaining = max(0.0, plan.deadline_unix_ms / 1000 - time.time())
-        run = RoundRun(plan, time.monotonic() + remaining)
-        self.run = run
+        run = self._start_run(plan)
         log = self.log.bind(round=plan.round, attempt=plan.attempt)
         try:
             if plan.kind == pb.TASK_KIND_TRAIN:
@@ -537,28 +548,9 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 connected=len(self.clients),
                 quota=plan.quota,
             )
-            yield pb.RoundEvent(progress=run.progress())
-            while not run.finished and not run.cancelled:
-                left = run.deadline - time.monotonic()
-                if left <= 0:
-                    break
-                run.changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(run.changed.wait(), timeout=min(left, 1.0))
-                yield pb.RoundEvent(progress=run.progress())
-            for a in run.assignments.values():
-                if a.status in (PENDING, "checking"):
-                    run.settle(a, FAILED, "deadline")
-                    self._release(a.client_id, a.task_id)
-                    self._event(
-                        "TaskTimedOut",
-                        f"client {a.client_id} did not report round "
-                        f"{plan.round} before the deadline",
-                        "warning",
-                        round=plan.round,
-                        attempt=plan.attempt,
-                        client=a.client_id,
-                    )
+            async for progress in self._progress_until_settled(run):
+                yield pb.RoundEvent(progress=progress)
+            self._expire(run)
             partial = await self._finish(run)
             log.info(
                 "round finished",
@@ -571,6 +563,50 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             if self.run is run:
                 self._cancel(run)
                 self.run = None
+
+    def _start_run(self, plan: pb.RoundPlan) -> RoundRun:
+        """The new attempt supersedes a running one (a restarted reducer's retry)."""
+        if self.run is not None and not self.run.cancelled:
+            self.log.warning(
+                "superseding the running round",
+                old_round=self.run.plan.round,
+                old_attempt=self.run.plan.attempt,
+                round=plan.round,
+                attempt=plan.attempt,
+            )
+            self._cancel(self.run)
+        remaining = max(0.0, plan.deadline_unix_ms / 1000 - time.time())
+        self.run = RoundRun(plan, time.monotonic() + remaining)
+        return self.run
+
+    async def _progress_until_settled(self, run: RoundRun) -> AsyncIterator[pb.Progress]:
+        """Progress now, then at every change (at least each second) until every
+        assignment is settled, the deadline passes or the run is cancelled."""
+        yield run.progress()
+        while not run.finished and not run.cancelled:
+            left = run.deadline - time.monotonic()
+            if left <= 0:
+                return
+            run.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.changed.wait(), timeout=min(left, 1.0))
+            yield run.progress()
+
+    def _expire(self, run: RoundRun) -> None:
+        """Assignments still open at the deadline fail (Reason.DEADLINE)."""
+        plan = run.plan
+        for a in run.assignments.values():
+            if a.status in (AssignmentStatus.PENDING, AssignmentStatus.CHECKING):
+                run.settle(a, AssignmentStatus.FAILED, Reason.DEADLINE)
+                self._release(a.client_id, a.task_id)
+                self._event(
+                    EventKind.TASK_TIMED_OUT,
+                    f"client {a.client_id} did not report round {plan.round} before the deadline",
+                    "warning",
+                    round=plan.round,
+                    attempt=plan.attempt,
+                    client=a.client_id,
+                )
 
     def _cancel(self, run: RoundRun) -> None:
         run.cancelled = True
@@ -616,8 +652,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 c_now.queue.put_nowait(task)
             else:  # it went away while the task was being prepared
                 a = run.assignments[task.task_id]
-                if a.status == PENDING:
-                    run.settle(a, FAILED, "client disconnected")
+                if a.status == AssignmentStatus.PENDING:
+                    run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_LOST)
 
     def _make_tasks(self, run: RoundRun) -> list[pb.Task]:
         plan = run.plan
@@ -661,14 +697,14 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
 
     async def _finish(self, run: RoundRun) -> pb.Partial:
         plan = run.plan
-        accepted = [a for a in run.assignments.values() if a.status == ACCEPTED]
+        accepted = [a for a in run.assignments.values() if a.status == AssignmentStatus.ACCEPTED]
         metrics = weighted_metrics([(a.metrics, float(a.num_examples)) for a in accepted])
         partial = pb.Partial(
             n_updates=len(accepted),
             participants=sorted(a.client_id for a in accepted),
             selected=len(run.assignments),
-            rejected=run.count(REJECTED),
-            failed=run.count(FAILED),
+            rejected=run.count(AssignmentStatus.REJECTED),
+            failed=run.count(AssignmentStatus.FAILED),
             num_examples=sum(a.num_examples for a in accepted),
             metrics=metrics,
         )

@@ -523,62 +523,32 @@ def client(
     _setup_logging(log_level)
     import signal
 
-    from fedkube.client.runner import CommandRunner, InProcessRunner, TaskRunner, split_command
+    from fedkube.client.runner import Entrypoints, make_runner, split_command
     from fedkube.client.runtime import ClientConfig, ClientRuntime
     from fedkube.rpc import CLIENT_TOKEN_ENV, client_tls, read_token
 
+    flags = Entrypoints(
+        train_fn=train_fn,
+        validate_fn=validate_fn,
+        init_fn=init_fn,
+        train_cmd=split_command(train_cmd),
+        validate_cmd=split_command(validate_cmd),
+        init_cmd=split_command(init_cmd),
+    )
     try:
-        job_name = job
+        spec_job: FederatedJob | None = None
         cwd: Path | None = None
-        env: dict[str, str] = {}
-        train_argv = split_command(train_cmd)
-        validate_argv = split_command(validate_cmd)
-        init_argv = split_command(init_cmd)
-        spec_init_fn: str | None = None
         jpath = Path(job)
         if jpath.suffix in (".yaml", ".yml", ".json") or jpath.exists():
             spec_job = _load(jpath)
-            job_name = spec_job.name
-            t = spec_job.spec.train
             cwd = (job_dir or jpath.parent).resolve()
-            sys.path.insert(0, str(cwd))
-            env = dict(t.env)
-            m = spec_job.spec.model
-            if not (train_fn or train_cmd or validate_fn or validate_cmd or init_fn or init_cmd):
-                prefer_fn = spec_job.spec.clients.simulation.in_process
-                if t.fn and (prefer_fn or not t.command):
-                    train_fn, validate_fn, init_fn = t.fn, t.validate_fn, m.init_fn
-                else:
-                    train_argv, validate_argv = t.command, t.validate_command
-                    init_argv = m.init_command
-                    spec_init_fn = m.init_fn  # the seed may still be a function
-        if (train_fn or validate_fn or init_fn) and (train_argv or validate_argv or init_argv):
-            raise ValueError(
-                "use either the in-process functions (--train-fn, --validate-fn, --init-fn) "
-                "or the commands (--train-cmd, --validate-cmd, --init-cmd)"
-            )
-        runner: TaskRunner
+            sys.path.insert(0, str(cwd))  # the job's in-process functions import from here
         wd = workdir.resolve()
-        if train_fn or validate_fn or init_fn:
-            runner = InProcessRunner(train_fn, validate_fn, init_fn)
-        elif train_argv or validate_argv or init_argv:
-            runner = CommandRunner(
-                train_argv,
-                validate_argv,
-                cwd=cwd,
-                env=env,
-                workdir=wd,
-                init_cmd=init_argv,
-                init_fn=spec_init_fn,
-            )
-        else:
-            raise ValueError(
-                "no train entrypoint: pass --train-fn or --train-cmd, or a job file with spec.train"
-            )
+        runner = make_runner(flags, spec_job, cwd=cwd, workdir=wd)
         cfg = ClientConfig(
             address=connect,
             client_id=client_id,
-            job=job_name,
+            job=spec_job.name if spec_job else job,
             token=read_token(CLIENT_TOKEN_ENV, token_file),
             workdir=wd,
             tls=client_tls(tls_ca, tls_cert, tls_key, force=tls),

@@ -77,6 +77,11 @@ class ModelHeader:
         return max((t.end for t in self.tensors), default=0)
 
 
+def numpy_dtype(code: str) -> np.dtype[Any]:
+    """The numpy dtype of a safetensors dtype code (``"F32"`` -> float32)."""
+    return _DTYPES[code]
+
+
 def _dtype_code(arr: np.ndarray) -> str:
     try:
         return _CODES[arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype]

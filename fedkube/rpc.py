@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from fedkube.errors import AuthError
+from fedkube.vocabulary import MetadataKey
 
 CLIENT_TOKEN_ENV = "FEDKUBE_CLIENT_TOKEN"
 REDUCER_TOKEN_ENV = "FEDKUBE_REDUCER_TOKEN"
@@ -60,13 +61,13 @@ def read_token(env: str, token_file: str | None = None) -> str:
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {token}"),)
+    return ((MetadataKey.AUTHORIZATION.value, f"Bearer {token}"),)
 
 
 def token_ok(metadata: Any, expected: str) -> tuple[bool, str]:
     """Check the bearer token in call metadata; returns (ok, why-not)."""
     for key, value in metadata or ():
-        if key == "authorization":
+        if key == MetadataKey.AUTHORIZATION:
             text = value.decode() if isinstance(value, bytes) else str(value)
             scheme, _, tok = text.partition(" ")
             if scheme.lower() != "bearer" or not tok:

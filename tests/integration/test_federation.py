@@ -18,7 +18,7 @@ import yaml
 
 from fedkube.model import load_model
 from fedkube.store import model_key, open_object_store
-from fedkube.vocabulary import AttemptStatus, Phase
+from fedkube.vocabulary import AssignmentStatus, AttemptStatus, Phase
 from tests.support import toy_task
 from tests.support.federation import Federation, toy_manifest, write_job
 
@@ -252,10 +252,13 @@ def test_subprocess_train_command_and_bad_client(tmp_path):
         assert fed.wait_reducer() == 0, fed.log("reducer")
         done = committed(fed)
         assert [r.n_updates for r in done] == [2, 2]
-        rej = [u for u in fed.state.list_updates(fed.name) if u.status == "rejected"]
+        updates = fed.state.list_updates(fed.name)
         # The entrypoint helper refuses to write NaN weights, so the failure is the
-        # client's own (the combiner-side check is tested in test_bad_input).
-        assert {(u.client, u.reason) for u in rej} == {("client-2", "client_error")}
+        # client's own (the combiner-side check is tested in test_bad_input): the
+        # update is recorded failed (no result, nobody proved wrong), not rejected.
+        assert not [u for u in updates if u.status == AssignmentStatus.REJECTED]
+        failed = [u for u in updates if u.status == AssignmentStatus.FAILED]
+        assert {(u.client, u.reason) for u in failed} == {("client-2", "client_error")}
         fails = [e for e in fed.state.list_events(fed.name) if e.kind == "TrainFailed"]
         assert fails and all(e.client == "client-2" and "NaN" in e.message for e in fails)
         np.testing.assert_allclose(final_model(fed, 2)["w"], expected_w(2, [0, 1]), atol=1e-6)

@@ -20,6 +20,7 @@ from fedkube.rpc import ClientTLS, ServerTLS, bearer, open_channel
 from fedkube.spec import parse_job
 from fedkube.state import open_state_store
 from fedkube.store import model_key, open_object_store
+from fedkube.vocabulary import Reason
 
 CLIENT_TOKEN = "client-secret-token"
 REDUCER_TOKEN = "reducer-secret-token"
@@ -86,7 +87,11 @@ class FakeClient:
             sha256=sha256,
             **kw,
         )
-        return self.stub.ReportUpdate(upd, metadata=self.md, timeout=30)
+        ack = self.stub.ReportUpdate(upd, metadata=self.md, timeout=30)
+        # Every refusal names a word of the vocabulary (tests/unit/test_vocabulary.py
+        # checks the combiner's code for the same).
+        assert ack.accepted or ack.reason in set(Reason), f"Ack.reason {ack.reason!r}"
+        return ack
 
     def close(self) -> None:
         self.call.cancel()

@@ -1,4 +1,4 @@
-"""fedkube.client.entrypoint: the train-script helper and the result JSON."""
+"""fedkube.client.entrypoint: the train-script helper (the contract itself: test_contract.py)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedkube.client.entrypoint import (
-    check_train_output,
-    context_from_env,
-    read_result_json,
-    result_json_path,
-    run,
-    write_result_json,
-)
+from fedkube.client.entrypoint import context_from_env, run
+from fedkube.contract import read_result_json, result_json_path
 from fedkube.errors import TaskError
 from fedkube.model import load_model, save_model
 from fedkube.task import TaskContext, Tensors, TrainResult, ValidationResult
@@ -247,10 +241,18 @@ def test_train_exception_propagates(tmp_path: Path, env: None) -> None:
         ({**tiny_init(), "b": np.full(3, np.nan, np.float32)}, "'b' holds NaN"),
     ],
 )
-def test_bad_train_output_raises_task_error(bad: Tensors, needle: str) -> None:
+def test_bad_train_output_raises_task_error(
+    tmp_path: Path, env: None, bad: Tensors, needle: str
+) -> None:
+    def train(model: Tensors, ctx: TaskContext) -> TrainResult:
+        return TrainResult(bad, 1)
+
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    save_model(src, tiny_init())
     with pytest.raises(TaskError) as exc:
-        check_train_output(tiny_init(), TrainResult(bad, 1))
+        run(train=train, argv=["train", str(src), str(out)])
     assert needle in str(exc.value)
+    assert not out.exists() and not result_json_path(out).exists()
 
 
 def test_bad_train_metrics_raise_and_write_nothing(tmp_path: Path, env: None) -> None:
@@ -294,68 +296,3 @@ def test_script_exit_codes(tmp_path: Path) -> None:
     failed = call("train", str(src), str(tmp_path / "out.safetensors"))
     assert failed.returncode == 1
     assert "Traceback" in failed.stderr and "ValueError: bad batch" in failed.stderr
-
-
-# ---------------------------------------------------------------- result JSON
-
-
-def test_write_read_round_trip(tmp_path: Path) -> None:
-    p = tmp_path / "r.json"
-    write_result_json(p, np.int64(12), {"loss": np.float32(0.5), "acc": 1})
-    assert read_result_json(p) == (12, {"loss": 0.5, "acc": 1.0})
-    assert json.loads(p.read_text()) == {"num_examples": 12, "metrics": {"acc": 1.0, "loss": 0.5}}
-
-
-def test_write_rejects_bad_values(tmp_path: Path) -> None:
-    p = tmp_path / "r.json"
-    with pytest.raises(TaskError, match="num_examples"):
-        write_result_json(p, -1, {})
-    with pytest.raises(TaskError, match=r"metrics\.loss"):
-        write_result_json(p, 1, {"loss": math.inf})
-    assert not p.exists()
-
-
-def test_missing_metrics_means_none(tmp_path: Path) -> None:
-    p = tmp_path / "r.json"
-    p.write_text('{"num_examples": 0}')
-    assert read_result_json(p) == (0, {})
-
-
-@pytest.mark.parametrize(
-    ("text", "needle"),
-    [
-        ("{not json", "not valid JSON"),
-        ("", "not valid JSON"),
-        ("[1, 2]", "must hold a JSON object"),
-        ('{"metrics": {}}', "num_examples is missing"),
-        ('{"num_examples": -3, "metrics": {}}', "num_examples"),
-        ('{"num_examples": 2.5, "metrics": {}}', "num_examples"),
-        ('{"num_examples": "10", "metrics": {}}', "num_examples"),
-        ('{"num_examples": true, "metrics": {}}', "num_examples"),
-        ('{"num_examples": 1, "metrics": [1]}', "metrics must be a mapping"),
-        ('{"num_examples": 1, "metrics": {"loss": NaN}}', "metrics.loss"),
-        ('{"num_examples": 1, "metrics": {"loss": Infinity}}', "metrics.loss"),
-        ('{"num_examples": 1, "metrics": {"acc": -Infinity}}', "metrics.acc"),
-        ('{"num_examples": 1, "metrics": {"acc": "0.9"}}', "metrics.acc"),
-        ('{"num_examples": 1, "metrics": {"acc": null}}', "metrics.acc"),
-    ],
-)
-def test_read_rejects_bad_json(tmp_path: Path, text: str, needle: str) -> None:
-    p = tmp_path / "r.json"
-    p.write_text(text)
-    with pytest.raises(TaskError) as exc:
-        read_result_json(p)
-    assert needle in str(exc.value)
-    assert str(p) in str(exc.value)
-
-
-def test_read_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(TaskError, match="cannot be read"):
-        read_result_json(tmp_path / "absent.json")
-
-
-def test_read_oversized_file(tmp_path: Path) -> None:
-    p = tmp_path / "r.json"
-    p.write_text('{"num_examples": 1, "metrics": {}}' + " " * (2 * 1024 * 1024))
-    with pytest.raises(TaskError, match="over the limit"):
-        read_result_json(p)

@@ -73,7 +73,8 @@ class CombinerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportUpdate(self, request, context):
-        """The result of a train task: the update was uploaded to update_url.
+        """The result of a train task (the update was uploaded to the task's
+        `upload` location) or of an init task (the seed model was).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -270,8 +271,11 @@ class CombinerControlServicer:
     """
 
     def RunRound(self, request, context):
-        """Run one round attempt (train or validate) with this combiner's clients;
-        streams progress, then exactly one Partial (or Failure) as the last event.
+        """Run one round attempt (train, validate or init) with this combiner's
+        clients; streams Progress, then exactly one Partial as the last event.
+        A combiner that cannot run the plan ends the call with a gRPC error
+        instead (UNAVAILABLE: it cannot read the global model; FAILED_PRECONDITION:
+        another job's plan; UNAUTHENTICATED: not the reducer's token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
