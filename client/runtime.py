@@ -57,6 +57,15 @@ class ClientConfig:
 
 
 class ClientRuntime:
+    """One client's connection to its combiner, for as long as it runs.
+
+    ``ClientRuntime(cfg, runner).run()`` connects, heartbeats, and serves tasks
+    one at a time: fetch the global model through the `Transport`, run the
+    user's code through the `TaskRunner`, upload the result, report it. A
+    lost connection is retried with capped, jittered backoff; a refused token
+    raises AuthError.
+    """
+
     def __init__(
         self, cfg: ClientConfig, runner: TaskRunner, transport: Transport | None = None
     ) -> None:

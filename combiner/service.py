@@ -112,6 +112,17 @@ class RoundRun:
 
 
 class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer):
+    """Both gRPC services of one combiner: its clients' (``Combiner``) and the reducer's
+    (``CombinerControl``).
+
+    It keeps the connected clients and their task streams; on ``RunRound`` it
+    picks its quota among the idle ones, pushes each a task, checks every report
+    and update against the running attempt (`RoundRun`), folds accepted updates
+    into one running aggregate, and returns its `Partial` at quota or deadline.
+    Every refusal carries a `fedkube.vocabulary.Reason`; nothing a client sends
+    changes the aggregate unless every check passed.
+    """
+
     def __init__(
         self,
         *,

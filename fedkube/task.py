@@ -23,6 +23,12 @@ Tensors = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class TaskContext:
+    """What a task tells the user's code: which job, round and attempt, which client,
+    and the train config (``spec.train.config``). Simulated clients of ``fedkube
+    run`` also learn their position among their peers (``client_index`` of
+    ``num_clients``), e.g. to pick their data shard. A command gets the same as
+    FEDKUBE_* environment variables (`env`, `from_env`)."""
+
     job: str
     round: int
     attempt: int
@@ -65,6 +71,11 @@ class TaskContext:
 
 @dataclass
 class TrainResult:
+    """What a train function returns: the trained model (the same tensor names,
+    shapes and dtypes as the model it was given; float tensors of another float
+    dtype are cast back), the number of examples it trained on (> 0: its weight in
+    the FedAvg), and its metrics (finite numbers, averaged by examples)."""
+
     model: Tensors
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
@@ -72,6 +83,9 @@ class TrainResult:
 
 @dataclass
 class ValidationResult:
+    """What a validate function returns: the number of held-out examples it scored
+    the model on (> 0) and its metrics (finite numbers, averaged by examples)."""
+
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
 
