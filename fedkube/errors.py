@@ -68,3 +68,13 @@ class TaskError(FedkubeError):
 
 class AuthError(FedkubeError):
     """A missing or wrong bearer token."""
+
+
+class ServiceUnavailable(FedkubeError, RuntimeError):
+    """A process or server fedkube needs could not be found or started: a role
+    process of `fedkube run`, a real server of fedkube.devenv. The message has
+    the reason (and the process's log tail); `hint` says how to get it."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint

@@ -10,17 +10,15 @@ them at the end.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -29,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedkube.errors import FedkubeError, SpecError
+from fedkube.process import ChildProcess, stop_all
 from fedkube.report import job_status, make_console, render_status
 from fedkube.rpc import CLIENT_TOKEN_ENV, REDUCER_TOKEN_ENV
 from fedkube.settings import state_uri, store_uri
@@ -50,13 +49,31 @@ class LocalRunOptions:
     progress: bool = True
 
 
-@dataclass
-class Proc:
-    role: str
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    _fh: IO[bytes] | None = field(default=None, repr=False)
+#: SIGTERM grace of the role processes before SIGKILL
+STOP_GRACE = 10.0
+#: log lines shown when a role process fails
+TAIL_LINES = 15
+#: stop order: clients first, then the reducer, the combiners last
+STOP_ORDER = {"client": 0, "reducer": 1, "combiner": 2}
+
+
+class Proc(ChildProcess):
+    """A role process, ``python -P -m fedkube ROLE ...``, logging to WORKDIR/logs/NAME.log."""
+
+    def __init__(
+        self, role: str, name: str, argv: list[str], log: Path, *, cwd: Path, env: dict[str, str]
+    ) -> None:
+        super().__init__(
+            name,
+            argv,
+            log,
+            cwd=cwd,
+            env=env,
+            stop_grace=STOP_GRACE,
+            tail_lines=TAIL_LINES,
+            banner=False,  # the log is the role's JSON lines only
+        )
+        self.role = role
 
 
 def effective_job(opts: LocalRunOptions) -> FederatedJob:
@@ -69,13 +86,6 @@ def effective_job(opts: LocalRunOptions) -> FederatedJob:
     if opts.clients is not None:
         manifest["spec"]["clients"].setdefault("simulation", {})["clients"] = opts.clients
     return parse_job(manifest, source=f"{opts.job_file} (with command-line overrides)")
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 class LocalFederation:
@@ -109,7 +119,6 @@ class LocalFederation:
 
     def _spawn(self, role: str, name: str, args: list[str]) -> Proc:
         log = self.workdir / "logs" / f"{name}.log"
-        fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
         cmd = [
             sys.executable,
             "-P",
@@ -120,46 +129,24 @@ class LocalFederation:
             "--log-level",
             self.opts.log_level,
         ]
-        popen = subprocess.Popen(
-            cmd,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=self._env(),
-            cwd=self.job_dir,
-            start_new_session=True,
-        )
-        proc = Proc(role, name, popen, log, fh)
+        proc = Proc(role, name, cmd, log, cwd=self.job_dir, env=self._env())
         self.procs.append(proc)
-        return proc
+        return proc.start()
 
     def _wait_port(self, proc: Proc, port_file: Path, timeout: float = 60.0) -> int:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if port_file.exists():
-                return int(port_file.read_text())
-            if proc.popen.poll() is not None:
-                raise FedkubeError(
-                    f"{proc.name} exited with {proc.popen.returncode}:\n{_tail(proc.log)}"
-                )
-            time.sleep(0.05)
-        raise FedkubeError(f"{proc.name} did not start listening within {timeout:.0f}s")
+        """The port `proc` writes to `port_file` once it listens (ServiceUnavailable
+        with its log tail when it exits first or takes longer than `timeout`)."""
+
+        def port() -> int | None:
+            return int(port_file.read_text()) if port_file.exists() else None
+
+        return proc.wait_ready(port, timeout, what="start listening", interval=0.05)
 
     def stop(self) -> None:
-        order = {"client": 0, "reducer": 1, "combiner": 2}
-        for p in sorted(self.procs, key=lambda p: order.get(p.role, 3)):
-            if p.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p in self.procs:
-            try:
-                p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.popen.pid, signal.SIGKILL)
-                p.popen.wait()
-            if p._fh is not None:
-                p._fh.close()
+        """SIGTERM every role process (clients, then the reducer, then the
+        combiners); SIGKILL what still runs 10 s later."""
+        procs = sorted(self.procs, key=lambda p: STOP_ORDER.get(p.role, 3))
+        stop_all(procs, STOP_GRACE)
 
     # ------------------------------------------------------------ run
 
@@ -331,7 +318,7 @@ class LocalFederation:
             live.start()
         try:
             while True:
-                rc = reducer.popen.poll()
+                rc = reducer.returncode
                 view = self._progress(state, name)
                 if view is not None:
                     if live is not None:
@@ -339,9 +326,7 @@ class LocalFederation:
                     elif view[0] != last_line and self.opts.progress:
                         self.console.print(view[0], highlight=False, markup=False)
                         last_line = view[0]
-                dead = [
-                    p for p in self.procs if p.role == "combiner" and p.popen.poll() is not None
-                ]
+                dead = [p for p in self.procs if p.role == "combiner" and not p.running]
                 if rc is not None or dead:
                     break
                 time.sleep(0.25)
@@ -349,11 +334,9 @@ class LocalFederation:
             if live is not None:
                 live.stop()
         rec = state.get_job(name)
-        if reducer.popen.poll() is None:
+        if reducer.running:
             for p in dead:
-                self.console.print(
-                    f"[red]{p.name} exited with {p.popen.returncode}[/]:\n{_tail(p.log)}"
-                )
+                self.console.print(f"[red]{p.name} exited with {p.returncode}[/]:\n{p.log_tail()}")
             return 1
         if rec is not None:
             self.console.print(render_status(job_status(state, name)))
@@ -361,7 +344,7 @@ class LocalFederation:
             self.console.print(
                 f"[red]job {name!r} did not succeed[/] (phase "
                 f"{rec.phase if rec else 'unknown'}, reducer exit "
-                f"{reducer.popen.returncode}); reducer log tail:\n{_tail(reducer.log)}"
+                f"{reducer.returncode}); reducer log tail:\n{reducer.log_tail()}"
             )
             return 1
         return 0

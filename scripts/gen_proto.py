@@ -1,13 +1,16 @@
-"""Regenerate the gRPC/protobuf stubs: python scripts/gen_proto.py [--check]
+"""Regenerate the gRPC/protobuf stubs: python scripts/gen_proto.py [--check] [--root DIR]
 
 Runs grpc_tools.protoc on fedkube/proto/v1/fedkube.proto and writes
 fedkube_pb2.py, fedkube_pb2.pyi and fedkube_pb2_grpc.py next to it.
 With --check, nothing is written; exits 1 if the committed stubs differ from
 freshly generated ones (tests/unit/test_proto_stubs.py runs this).
+--root DIR works on the fedkube/proto/v1/ folder under DIR instead of this
+repository's (the tests use a copy).
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -19,39 +22,43 @@ PROTO = Path("fedkube/proto/v1/fedkube.proto")
 OUTPUTS = ("fedkube_pb2.py", "fedkube_pb2.pyi", "fedkube_pb2_grpc.py")
 
 
-def generate(out_root: Path) -> None:
+def generate(root: Path, out_root: Path) -> None:
     cmd = [
         sys.executable,
         "-P",  # never the repo root on sys.path: operator/ would shadow the stdlib
         "-m",
         "grpc_tools.protoc",
-        f"-I{ROOT}",
+        f"-I{root}",
         f"--python_out={out_root}",
         f"--pyi_out={out_root}",
         f"--grpc_python_out={out_root}",
-        str(ROOT / PROTO),
+        str(root / PROTO),
     ]
     subprocess.run(cmd, check=True)
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
+    parser = argparse.ArgumentParser(prog="gen_proto.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the stubs are stale")
+    parser.add_argument("--root", type=Path, default=ROOT, help="tree to work on")
+    args = parser.parse_args(argv)
+    root: Path = args.root.resolve()
     with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp))
+        generate(root, Path(tmp))
         gen_dir = Path(tmp) / PROTO.parent
         stale = []
         for name in OUTPUTS:
             new = (gen_dir / name).read_text()
-            target = ROOT / PROTO.parent / name
-            if check:
+            target = root / PROTO.parent / name
+            if args.check:
                 if not target.exists() or target.read_text() != new:
-                    stale.append(str(target.relative_to(ROOT)))
+                    stale.append(str(target.relative_to(root)))
             else:
                 shutil.copyfile(gen_dir / name, target)
     if stale:
         print("stale generated stubs (run: python scripts/gen_proto.py):", *stale, sep="\n  ")
         return 1
-    print("stubs are up to date" if check else "stubs written")
+    print("stubs are up to date" if args.check else "stubs written")
     return 0
 
 

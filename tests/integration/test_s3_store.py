@@ -28,13 +28,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from fedkube.devenv.s3 import S3Server
 from fedkube.errors import ObjectNotFound, StoreError
 from fedkube.model import read_header
+from fedkube.process import free_ports
 from fedkube.store import open_object_store
 from fedkube.store import s3 as s3_module
 from fedkube.store.local import TMP_PREFIX
 from fedkube.store.s3 import SHA256_META, S3ObjectStore
-from tests.support.services import S3Server, free_ports
 
 pytestmark = pytest.mark.slow
 

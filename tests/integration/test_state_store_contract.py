@@ -1,6 +1,6 @@
 """The StateStore contract, run on every backend: the same test functions on
 SqliteStateStore ("sqlite") and MongoStateStore on a real FerretDB ("mongo",
-the MongoDB wire protocol; see tests/support/services.py).
+the MongoDB wire protocol; see fedkube/devenv/).
 
 A backend is a class in BACKENDS with ``uri`` (a URI that open_state_store
 opens, also from another process) and ``open()`` (a new store on the same
@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from fedkube.devenv.mongo import MongoServer
 from fedkube.errors import StateError
 from fedkube.state.base import (
     SCHEMA_VERSION,
@@ -32,7 +33,6 @@ from fedkube.state.base import (
 from fedkube.state.factory import open_state_store
 from fedkube.state.sqlite import SqliteStateStore
 from fedkube.vocabulary import AttemptStatus, Phase
-from tests.support.services import MongoServer
 
 
 class Backend(Protocol):

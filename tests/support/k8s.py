@@ -1,5 +1,5 @@
 """A real Kubernetes control plane for tests (etcd + kube-apiserver +
-kube-controller-manager on loopback; see scripts/k8s_env.py) and a small
+kube-controller-manager on loopback; see fedkube/devenv/k8s.py) and a small
 synchronous REST client for it.
 
 Fixtures (enabled where a conftest imports them, e.g. tests/k8s/conftest.py)::
@@ -35,33 +35,33 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import re
 import secrets
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
 import yaml
 
+from fedkube.devenv import k8s as control_plane
+from fedkube.devenv.k8s import K8sEnv
+from fedkube.errors import ServiceUnavailable
+from tests.support.fixtures import scoped
+
 if TYPE_CHECKING:
     from tests.support.podrunner import PodRunner
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REPO = Path(__file__).resolve().parents[2]
-ENV_SCRIPT = REPO / "scripts" / "k8s_env.py"
 HINT = (
     "the Kubernetes tests need etcd, kube-apiserver, kube-controller-manager and kubectl: "
     "build them with `bash scripts/build_k8s.sh` (needs Go; cached in ~/.cache/fedkube), "
@@ -69,19 +69,6 @@ HINT = (
 )
 
 T = TypeVar("T")
-
-
-def load_env_module() -> ModuleType:
-    """scripts/k8s_env.py as a module (it is a script, not a package)."""
-    name = "fedkube_k8s_env"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ENV_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def wait_for(
@@ -347,7 +334,7 @@ class K8s:
     bin_dir: Path
     api: KubeAPI
     server: str
-    env: Any = None  #: scripts/k8s_env.K8sEnv when this session started it
+    env: K8sEnv | None = None  #: the control plane, when this session started it
     start_seconds: float = 0.0
     namespaces: list[str] = field(default_factory=list)
 
@@ -418,7 +405,7 @@ class K8s:
             self.namespaces.remove(name)
 
     def log_tails(self) -> str:
-        return str(self.env.log_tails()) if self.env is not None else "(external cluster)"
+        return self.env.log_tails() if self.env is not None else "(external cluster)"
 
     def stop(self) -> None:
         self.api.close()
@@ -434,21 +421,19 @@ def _unavailable(message: str) -> NoReturn:
 
 def connect_existing(kubeconfig: Path) -> K8s | None:
     """A K8s for a running cluster (FEDKUBE_TEST_KUBECONFIG), or None when unreachable."""
-    mod = load_env_module()
     try:
         api = KubeAPI.from_kubeconfig(kubeconfig)
         api.request("GET", "/readyz")
     except Exception:
         return None
-    state = mod.load_state(kubeconfig.parent) or {}
-    bins = Path(state["bin_dir"]) if state.get("bin_dir") else mod.bin_dir()
+    state = control_plane.load_state(kubeconfig.parent) or {}
+    bins = Path(state["bin_dir"]) if state.get("bin_dir") else control_plane.bin_dir()
     return K8s(kubeconfig=kubeconfig, bin_dir=bins, api=api, server=api.server)
 
 
 def start_cluster(log: Callable[[str], None] | None = None) -> K8s:
-    """Start a control plane of this session's own (raises the module's EnvError)."""
-    mod = load_env_module()
-    env = mod.start(log=log or (lambda m: None))
+    """Start a control plane of this session's own (raises ServiceUnavailable)."""
+    env = control_plane.start(log=log or (lambda m: None))
     api = KubeAPI.from_kubeconfig(env.kubeconfig)
     return K8s(
         kubeconfig=env.kubeconfig,
@@ -480,10 +465,9 @@ def k8s(pytestconfig: pytest.Config) -> Iterator[K8s]:
         if cluster is None:
             report(f"\nFEDKUBE_TEST_KUBECONFIG={env_kc} is not reachable; starting a cluster")
     if cluster is None:
-        mod = load_env_module()
         try:
             cluster = start_cluster(log=report)
-        except mod.EnvError as exc:
+        except ServiceUnavailable as exc:
             _unavailable(str(exc))
         report(
             f"\nKubernetes control plane on {cluster.server} ({cluster.start_seconds:.1f}s, "
@@ -498,11 +482,7 @@ def k8s(pytestconfig: pytest.Config) -> Iterator[K8s]:
 @pytest.fixture
 def namespace(k8s: K8s, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace named after the test; deleted afterwards (not waited for)."""
-    name = k8s.create_namespace(request.node.name)
-    try:
-        yield name
-    finally:
-        k8s.delete_namespace(name)
+    yield from scoped(k8s.create_namespace(request.node.name), k8s.delete_namespace)
 
 
 @pytest.fixture

@@ -174,6 +174,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from fedkube.process import die_with_parent
 from tests.support.k8s import ApiError, KubeAPI, kube_path
 
 HOSTS_FILE = Path("/etc/hosts")
@@ -188,17 +189,8 @@ try:
     _libc = ctypes.CDLL(None, use_errno=True)
 except OSError:
     _libc = None
-PR_SET_PDEATHSIG = 1
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL the process when the thread that started it ends, so a
-    crashed test run leaves no orphans (a worker thread ends only after killing
-    its processes anyway)."""
-    if _libc is not None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _pod_preexec(hosts: Path | None, target: Path) -> Any:
@@ -207,7 +199,9 @@ def _pod_preexec(hosts: Path | None, target: Path) -> Any:
     src, dst = (bytes(hosts), bytes(target)) if hosts is not None else (b"", b"")
 
     def preexec() -> None:
-        _die_with_parent()
+        # a crashed test run leaves no orphans (a worker thread ends only after
+        # killing its processes anyway)
+        die_with_parent()
         if not src:
             return
         if _libc.unshare(CLONE_NEWNS) != 0:
