@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedkube.client.runner import CommandRunner, InProcessRunner
+from fedkube.client.runner import CommandRunner, InProcessRunner, TaskRunner
 from fedkube.contract import (
     check_num_examples,
     read_result_json,
@@ -84,35 +84,29 @@ COMMAND = textwrap.dedent(
 )
 
 
-def _in_process(tmp: Path, case: str) -> str:
-    src, out = tmp / "in.safetensors", tmp / "out-fn.safetensors"
+def _failure(runner: TaskRunner, tmp: Path, case: str) -> str:
+    """The TaskError message of `runner` on one bad case."""
+    src = tmp / "in.safetensors"
     save_model(src, model())
-    runner = InProcessRunner(f"{__name__}:bad_train", f"{__name__}:bad_validate")
-    ctx = TaskContext(job="j", round=1, attempt=1, client_id="c1", config={"case": case})
-    with pytest.raises(TaskError) as exc:
-        if case == "validate":
-            runner.validate(src, ctx, 30)
-        else:
-            runner.train(src, out, ctx, 30)
-    return str(exc.value)
-
-
-def _command(tmp: Path, case: str) -> str:
-    src, out = tmp / "in.safetensors", tmp / "out-cmd.safetensors"
-    save_model(src, model())
-    script = tmp / "train.py"
-    script.write_text(COMMAND)
-    payload = BAD_TRAIN.get(case, ({}, 0, {}))
-    env = {"CASE_JSON": json.dumps(payload)}
-    argv = [sys.executable, "-P", str(script)]
-    runner = CommandRunner(argv, argv, env=env, workdir=tmp)
     ctx = TaskContext(job="j", round=1, attempt=1, client_id="c1", config={"case": case})
     with pytest.raises(TaskError) as exc:
         if case == "validate":
             runner.validate(src, ctx, 60)
         else:
-            runner.train(src, out, ctx, 60)
+            runner.train(src, tmp / "out.safetensors", ctx, 60)
     return str(exc.value)
+
+
+def _in_process(tmp: Path, case: str) -> str:
+    return _failure(InProcessRunner(f"{__name__}:bad_train", f"{__name__}:bad_validate"), tmp, case)
+
+
+def _command(tmp: Path, case: str) -> str:
+    script = tmp / "train.py"
+    script.write_text(COMMAND)
+    env = {"CASE_JSON": json.dumps(BAD_TRAIN.get(case, ({}, 0, {})))}
+    argv = [sys.executable, "-P", str(script)]
+    return _failure(CommandRunner(argv, argv, env=env, workdir=tmp), tmp, case)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_TRAIN))
