@@ -190,12 +190,13 @@ def run(
 
 
 def _do_train(train: TrainFn, in_model: Path, model: Tensors, ctx: TaskContext, out: Path) -> None:
+    like = read_header(in_model)
     result = train(model, ctx)
-    tensors = contract.train_tensors(result, like=read_header(in_model))
+    tensors = contract.train_tensors(result, like)
     n, metrics = contract.check_result(contract.TRAIN, result.num_examples, result.metrics)
     contract.write_tensors(contract.TRAIN, out, tensors)
     try:
-        contract.check_train_model(in_model, out)
+        contract.check_train_model(like, out)
     except BaseException:
         out.unlink(missing_ok=True)  # nothing is written for a bad result
         raise

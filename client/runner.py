@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Protocol
 
 from fedkube import contract
+from fedkube.contract import Outcome
 from fedkube.errors import TaskError
 from fedkube.model import load_model, read_header
 from fedkube.spec import FederatedJob
 from fedkube.task import TaskContext, load_callable
-
-Outcome = contract.Outcome
 
 
 class TaskRunner(Protocol):
@@ -57,10 +56,10 @@ class InProcessRunner:
     def train(self, in_path: Path, out_path: Path, ctx: TaskContext, timeout: float) -> Outcome:
         if self._train is None:
             raise TaskError("this client has no train function (--train-fn)")
+        like = read_header(in_path)
         res = self._train(load_model(in_path), ctx)
-        tensors = contract.train_tensors(res, like=read_header(in_path))
-        contract.write_tensors(contract.TRAIN, out_path, tensors)
-        return contract.finish_train(in_path, out_path, res.num_examples, res.metrics)
+        contract.write_tensors(contract.TRAIN, out_path, contract.train_tensors(res, like))
+        return contract.finish_train(like, out_path, res.num_examples, res.metrics)
 
     def validate(self, in_path: Path, ctx: TaskContext, timeout: float) -> Outcome:
         if self._validate is None:
@@ -136,7 +135,8 @@ class CommandRunner:
         if not meta.exists():
             raise TaskError(f"train command wrote no {meta.name} (num_examples, metrics)")
         try:
-            return contract.finish_train(in_path, out_path, *contract.load_result_json(meta))
+            claims = contract.load_result_json(meta)
+            return contract.finish_train(read_header(in_path), out_path, *claims)
         finally:
             meta.unlink(missing_ok=True)
 

@@ -42,7 +42,6 @@ from fedkube.model import (
     check_compatible,
     check_finite,
     numpy_dtype,
-    read_header,
     save_model,
 )
 from fedkube.task import Tensors, TrainResult, ValidationResult
@@ -213,18 +212,20 @@ def write_tensors(source: str, path: Path, tensors: Tensors) -> None:
         raise TaskError(f"{source}: {exc}") from None
 
 
-def finish_train(in_model: Path, out_model: Path, num_examples: Any, metrics: Any) -> Outcome:
+def finish_train(like: ModelHeader, out_model: Path, num_examples: Any, metrics: Any) -> Outcome:
     """Check a train result, in either form: the claims, then ``out_model`` against
-    ``in_model`` (names, shapes, dtypes, finite values). Returns the checked claims."""
+    the input model's header `like` (names, shapes, dtypes, finite values).
+    Returns the checked claims."""
     outcome = check_result(TRAIN, num_examples, metrics)
-    check_train_model(in_model, out_model)
+    check_train_model(like, out_model)
     return outcome
 
 
-def check_train_model(in_model: Path, out_model: Path) -> None:
-    """``out_model`` has ``in_model``'s tensor names, shapes and dtypes, and only
-    finite values; TaskError naming the first tensor that does not."""
-    _check_model(TRAIN, out_model, read_header(in_model))
+def check_train_model(like: ModelHeader, out_model: Path) -> None:
+    """``out_model`` has the tensor names, shapes and dtypes of the input model's
+    header `like`, and only finite values; TaskError naming the first tensor that
+    does not."""
+    _check_model(TRAIN, out_model, like)
 
 
 def finish_validation(result: Any) -> Outcome:

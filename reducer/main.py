@@ -13,12 +13,10 @@ import signal
 import threading
 from typing import Any
 
-from fedkube.errors import TaskError
 from fedkube.reducer.health import HealthServer
 from fedkube.reducer.loop import Reducer, ReducerConfig
 from fedkube.report import job_status
 from fedkube.state import StateStore
-from fedkube.vocabulary import Phase
 
 
 def _state_answers(state: StateStore, name: str) -> bool:
@@ -47,12 +45,7 @@ def run_reducer(cfg: ReducerConfig, *, health_port: int | None = None, linger: b
         ).start()
         reducer.log.info("health endpoint listening", port=health.port)
     try:
-        try:
-            phase = reducer.run()
-        except TaskError as exc:
-            reducer.log.error("job failed", error=str(exc))
-            cfg.state.update_job(cfg.job.name, phase=Phase.FAILED, message=str(exc))
-            phase = Phase.FAILED
+        phase = reducer.run()
         if linger:
             reducer.log.info("job finished; lingering until terminated", phase=phase)
             stopped.wait()
