@@ -9,19 +9,20 @@ restart mid-round is harmless.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from fedkube.client.runner import TaskRunner
-from fedkube.client.transfer import DefaultTransport, Transport
+from fedkube.client.runner import TaskRunner, task_timeout
+from fedkube.client.transfer import DefaultTransport, Transport, private_copy
 from fedkube.errors import AuthError
 from fedkube.logs import get_logger
 from fedkube.model import sha256_file
@@ -82,6 +83,7 @@ class ClientRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        self.runner.cancel()  # a running command's process group is killed
         call = self._call
         if call is not None:
             call.cancel()
@@ -186,11 +188,7 @@ class ClientRuntime:
             client_index=self.cfg.client_index if self.cfg.client_index >= 0 else None,
             num_clients=self.cfg.num_clients or None,
         )
-        timeout = (
-            max(1.0, task.deadline_unix_ms / 1000 - time.time())
-            if task.deadline_unix_ms
-            else 3600.0
-        )
+        timeout = task_timeout(task.deadline_unix_ms)  # a margin before the deadline
         self._current_task = task.task_id
         t0 = time.monotonic()
         try:
@@ -220,8 +218,10 @@ class ClientRuntime:
         md: tuple[tuple[str, str]],
     ) -> None:
         def train(upd: pb.Update, out: Path) -> None:
-            in_path = self.transport.download(task.model, self.cfg.workdir / "global.safetensors")
-            upd.num_examples, metrics = self.runner.train(in_path, out, ctx, timeout)
+            with self._private_model(task) as in_path:
+                upd.num_examples, metrics = self.runner.train(
+                    in_path, out, ctx, _time_left(task, timeout)
+                )
             upd.metrics.update(metrics)
 
         ack, upd = self._upload_and_report(stub, task, md, "update.safetensors", "training", train)
@@ -294,14 +294,32 @@ class ClientRuntime:
             attempt=task.attempt,
         )
         try:
-            in_path = self.transport.download(task.model, self.cfg.workdir / "global.safetensors")
-            num, metrics = self.runner.validate(in_path, ctx, timeout)
+            with self._private_model(task) as in_path:
+                num, metrics = self.runner.validate(in_path, ctx, _time_left(task, timeout))
             rep.num_examples = num
             rep.metrics.update(metrics)
         except Exception as exc:
             self.log.error("validation failed", round=task.round, error=str(exc), exc_info=True)
             rep.error = _error_text(exc)
         stub.ReportValidation(rep, metadata=md, timeout=60)
+
+    @contextlib.contextmanager
+    def _private_model(self, task: pb.Task) -> Iterator[Path]:
+        """The task's global model as a private, read-only copy in the workdir (what
+        the user's code gets, never the committed object), removed afterwards."""
+        dest = self.cfg.workdir / "global.safetensors"
+        path = self.transport.download(task.model, dest)
+        if path != dest:  # a transport that handed out the object itself
+            path = private_copy(path, dest)
+        try:
+            yield path
+        finally:
+            dest.unlink(missing_ok=True)
+
+
+def _time_left(task: pb.Task, fallback: float) -> float:
+    """The time limit for the user's code now (after the download), or `fallback`."""
+    return task_timeout(task.deadline_unix_ms) if task.deadline_unix_ms else fallback
 
 
 def _error_text(exc: BaseException) -> str:

@@ -25,7 +25,6 @@ async def serve_combiner(
     store: ObjectStore,
     state: StateStore,
     listen: str,
-    client_token: str,
     reducer_token: str,
     workdir: Path,
     tls: ServerTLS | None = None,
@@ -39,10 +38,10 @@ async def serve_combiner(
         job=job,
         store=store,
         state=state,
-        client_token=client_token,
         reducer_token=reducer_token,
         workdir=workdir,
     )
+    await service.start()  # the job's client credentials, before the first call
     server = grpc.aio.server(options=SERVER_OPTIONS)
     pb_grpc.add_CombinerServicer_to_server(service, server)
     pb_grpc.add_CombinerControlServicer_to_server(service, server)

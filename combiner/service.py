@@ -2,7 +2,9 @@
 
 asyncio + grpc.aio, so thousands of idle client streams cost little. CPU work
 (checking and aggregating update files) runs in one worker thread, which also
-serialises access to the running sum. State-store writes run in another.
+serialises access to the running sum. State-store writes run in other threads:
+records (clients, updates) in one, events in another, so a flood of events
+never queues ahead of an update's record; credentials reload in a third.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import grpc
 
 from fedkube.aggregate import make_aggregator
 from fedkube.aggregate.base import Aggregator
+from fedkube.combiner.auth import ClientAuth, RefusalLog, peer_host
 from fedkube.combiner.verify import check_report, open_update
 from fedkube.errors import FedkubeError, UpdateRejected
+from fedkube.identity import Credential, Credentials
 from fedkube.logs import Logger, get_logger
 from fedkube.model import (
     ModelHeader,
@@ -34,7 +38,7 @@ from fedkube.model import (
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
 from fedkube.rpc import token_ok
-from fedkube.selection import derive_seed, select_clients, weighted_metrics
+from fedkube.selection import derive_seed, select_steady, weighted_metrics
 from fedkube.spec import FederatedJob
 from fedkube.state import ClientRecord, EventRecord, StateStore, UpdateRecord
 from fedkube.store import ObjectStore, partial_key, update_key
@@ -50,6 +54,11 @@ from fedkube.vocabulary import (
 T = TypeVar("T")
 
 
+#: a freed slot is given to another idle client only while at least this share
+#: of the attempt's time is left (a task started later would rarely finish)
+REFILL_MIN_TIME_SHARE = 0.2
+
+
 @dataclass
 class ConnectedClient:
     client_id: str
@@ -59,6 +68,9 @@ class ConnectedClient:
     num: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     busy: str | None = None  # task id
+    digest: str = ""  # the credential its stream was opened with
+    closed_because: str = ""  # set when the combiner ends the stream as a refusal
+    connected_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -67,7 +79,8 @@ class Assignment:
     client_id: str
     status: AssignmentStatus = AssignmentStatus.PENDING
     reason: Reason | None = None
-    num_examples: int = 0
+    num_examples: int = 0  # claimed
+    weight: float = 0.0  # counted (after spec.weights)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -86,6 +99,17 @@ class RoundRun:
         self.workdir: Path | None = None
         self.started = time.monotonic()
         self.agg_seconds = 0.0
+        self.weight_capped = 0
+
+    def open_slots(self) -> int:
+        """Selections the quota still allows: failed tasks free their slot."""
+        used = sum(1 for a in self.assignments.values() if a.status != AssignmentStatus.FAILED)
+        return max(0, self.plan.quota - used)
+
+    def may_refill(self, now: float) -> bool:
+        """Enough of the attempt's time is left to start another client's task."""
+        total = max(self.deadline - self.started, 1e-9)
+        return (self.deadline - now) / total >= REFILL_MIN_TIME_SHARE
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -130,7 +154,6 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         job: FederatedJob,
         store: ObjectStore,
         state: StateStore,
-        client_token: str,
         reducer_token: str,
         workdir: Path,
     ) -> None:
@@ -138,15 +161,19 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         self.job = job
         self.store = store
         self.state = state
-        self.client_token = client_token
         self.reducer_token = reducer_token
         self.workdir = workdir
         self.clients: dict[str, ConnectedClient] = {}
         self.run: RoundRun | None = None
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="aggregate")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="state")
+        self._events = ThreadPoolExecutor(1, thread_name_prefix="events")
+        self._creds_io = ThreadPoolExecutor(1, thread_name_prefix="credentials")
         self.log = get_logger("combiner", job=job.name, combiner=name)
         self.heartbeat_seconds = job.spec.clients.heartbeat_seconds
+        self.auth = ClientAuth(self._load_credentials)
+        self.refusals = RefusalLog()
+        self._housekeeper: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ helpers
 
@@ -164,7 +191,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         ev = EventRecord(
             job=self.job.name, kind=kind, message=message, level=level, combiner=self.name, **kw
         )
-        asyncio.get_running_loop().run_in_executor(self._io, self._add_event_safe, ev)
+        asyncio.get_running_loop().run_in_executor(self._events, self._add_event_safe, ev)
 
     def _add_event_safe(self, ev: EventRecord) -> None:
         try:
@@ -172,44 +199,124 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         except Exception as exc:
             self.log.warning("state store write failed", error=str(exc))
 
+    # ------------------------------------------------------------ who is calling
+
+    async def start(self) -> None:
+        """Load the job's client credentials; then reload them, drop the streams of
+        revoked clients and flush the merged refusal counts, every few seconds."""
+        await self.auth.refresh()
+        self.log.info("client credentials loaded", credentials=len(self.auth.credentials))
+        self._housekeeper = asyncio.ensure_future(self._housekeeping())
+
+    async def _load_credentials(self) -> Credentials | None:
+        loop = asyncio.get_running_loop()
+        try:
+            records = await loop.run_in_executor(
+                self._creds_io, self.state.list_credentials, self.job.name
+            )
+        except Exception as exc:  # keep the last snapshot
+            self.log.warning("cannot load client credentials", error=str(exc))
+            return None
+        return Credentials.from_records(records)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.auth.refresh_seconds)
+            with contextlib.suppress(Exception):
+                await self.auth.refresh()
+                self._drop_revoked()
+                self._flush_refusals()
+
+    def _drop_revoked(self) -> None:
+        for c in list(self.clients.values()):
+            if c.digest and not self.auth.credentials.is_live(c.digest):
+                self.log.warning(
+                    "client credential revoked; closing its stream", client=c.client_id
+                )
+                self._event(
+                    EventKind.CREDENTIAL_REVOKED,
+                    f"the credential of client {c.client_id} was revoked; its stream was closed",
+                    "warning",
+                    client=c.client_id,
+                )
+                del self.clients[c.client_id]
+                self._drop(c, "lost its credential")
+                c.closed_because = "the client's credential was revoked"
+                c.queue.put_nowait(None)
+
+    def _refused(self, context: grpc.aio.ServicerContext, kind: EventKind, message: str) -> None:
+        """Log and record a refused call, merged per peer and kind (`RefusalLog`)."""
+        peer = peer_host(context.peer() or "")
+        if self.refusals.note(peer, kind, message):
+            self.log.warning("refused call", kind=kind, peer=peer, detail=message)
+            self._event(kind, f"{message} (from {peer})", "warning")
+
+    def _flush_refusals(self) -> None:
+        for peer, kind, count, sample in self.refusals.due():
+            self.log.warning("refused calls", kind=kind, peer=peer, count=count, detail=sample)
+            self._event(
+                EventKind(kind),
+                f"{count} more calls from {peer} refused like this: {sample}",
+                "warning",
+            )
+
     async def _auth(self, context: grpc.aio.ServicerContext, token: str, who: str) -> None:
         ok, why = token_ok(context.invocation_metadata(), token)
         if not ok:
-            self.log.warning("rejected call", who=who, reason=why, peer=context.peer())
-            self._event(
-                EventKind.AUTH_FAILED,
-                f"{who} call from {context.peer()} rejected: {why}",
-                "warning",
-            )
+            self._refused(context, EventKind.AUTH_FAILED, f"{who} call rejected: {why}")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{who} token: {why}")
 
+    async def _client(self, context: grpc.aio.ServicerContext, claimed: str) -> Credential:
+        """The credential of a client's call; aborts the call when there is none or
+        when it was issued to another client than `claimed` (empty: any)."""
+        cred, why = await self.auth.identify(context.invocation_metadata())
+        if cred is None:
+            self._refused(context, EventKind.AUTH_FAILED, f"client call rejected: {why}")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"client token: {why}")
+            raise AssertionError("unreachable")  # abort raises
+        if claimed and claimed != cred.client:
+            self._refused(
+                context,
+                EventKind.IMPERSONATION,
+                f"a call as client {claimed!r} used the credential {cred.token_id} "
+                f"of client {cred.client!r}",
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this token was issued to client {cred.client!r}, not {claimed!r}",
+            )
+        return cred
+
     def shutdown(self) -> None:
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
         for c in self.clients.values():
             c.queue.put_nowait(None)
         self._cpu.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=True)
+        self._events.shutdown(wait=True)
+        self._creds_io.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------ client-facing
 
     async def Connect(
         self, request: pb.Hello, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Task]:
-        await self._auth(context, self.client_token, "client")
-        cid = request.client_id.strip()
-        if not cid:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Hello.client_id is empty")
+        cred = await self._client(context, request.client_id.strip())
+        cid = cred.client
         if request.job and request.job != self.job.name:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this combiner serves job {self.job.name!r}, not {request.job!r}",
             )
-        old = self.clients.get(cid)
-        if old is not None:
-            # The same client reconnected (restart, network blip): the newer stream wins.
-            self._drop(old, "reconnected")
-            old.queue.put_nowait(None)
+        await self._one_stream(context, cid)
         me = ConnectedClient(
-            cid, asyncio.Queue(), uuid.uuid4().hex, request.client_index, request.num_clients
+            cid,
+            asyncio.Queue(),
+            uuid.uuid4().hex,
+            request.client_index,
+            request.num_clients,
+            digest=cred.digest,
         )
         self.clients[cid] = me
         # Tell the client how often to heartbeat (we forget it after 3 missed beats).
@@ -225,6 +332,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             while True:
                 task = await me.queue.get()
                 if task is None:
+                    if me.closed_because:
+                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, me.closed_because)
                     return
                 yield task
         finally:
@@ -240,6 +349,26 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                             self.job.name, cid, self.name, ClientStatus.DISCONNECTED, time.time()
                         ),
                     )
+
+    async def _one_stream(self, context: grpc.aio.ServicerContext, cid: str) -> None:
+        """One task stream per client: a second one is refused (ALREADY_EXISTS; the
+        client retries) while the first is alive; a first one that stopped
+        heartbeating (a half-open connection) is replaced."""
+        old = self.clients.get(cid)
+        if old is None:
+            return
+        if time.monotonic() - old.last_seen < 2 * self.heartbeat_seconds:
+            self._refused(
+                context,
+                EventKind.DUPLICATE_STREAM,
+                f"a second task stream for connected client {cid!r} was refused",
+            )
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"client {cid!r} is already connected"
+            )
+        del self.clients[cid]
+        self._drop(old, "reconnected")
+        old.queue.put_nowait(None)
 
     def _drop(self, client: ConnectedClient, why: str) -> None:
         """A client went away: its pending task in the current round fails now."""
@@ -260,7 +389,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         client.busy = None
 
     async def Heartbeat(self, request: pb.Ping, context: grpc.aio.ServicerContext) -> pb.Ack:
-        await self._auth(context, self.client_token, "client")
+        await self._client(context, request.client_id)
         c = self.clients.get(request.client_id)
         if c is None:
             return pb.Ack(accepted=False, reason=Reason.NOT_CONNECTED, message="connect first")
@@ -307,7 +436,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         return run, a
 
     async def ReportUpdate(self, request: pb.Update, context: grpc.aio.ServicerContext) -> pb.Ack:
-        await self._auth(context, self.client_token, "client")
+        await self._client(context, request.client_id)
         log = self.log.bind(round=request.round, attempt=request.attempt, client=request.client_id)
         init = self.run is not None and self.run.plan.kind == pb.TASK_KIND_INIT
         kind = pb.TASK_KIND_INIT if init else pb.TASK_KIND_TRAIN
@@ -329,7 +458,11 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         a.status = AssignmentStatus.CHECKING  # a second report is now a duplicate
         try:
             check_report(request.num_examples, dict(request.metrics))
-            await self._cpu_call(self._check_seed if init else self._aggregate, run, request)
+            a.weight = self._weight(run, request)
+            if init:
+                await self._cpu_call(self._check_seed, run, request)
+            else:
+                await self._cpu_call(self._aggregate, run, request, a.weight)
         except UpdateRejected as rej:
             return await self._rejected(run, a, request, rej, log)
         except Exception as exc:  # storage failure etc.: the client is not at fault
@@ -352,11 +485,28 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         log.info(
             "update accepted",
             num_examples=request.num_examples,
+            weight=a.weight,
             received=run.count(AssignmentStatus.ACCEPTED),
             selected=len(run.assignments),
         )
         await self._record(run, a, request.sha256)
         return pb.Ack(accepted=True)
+
+    def _weight(self, run: RoundRun, request: pb.Update | pb.Validation) -> float:
+        """What an update counts for: its claimed num_examples, clipped to the plan's
+        weight cap (spec.weights), with an event when the cap bites."""
+        claimed = float(request.num_examples)
+        cap = run.plan.weight_cap
+        if cap <= 0 or claimed <= cap:
+            return claimed
+        run.weight_capped += 1
+        self._report_event(
+            EventKind.WEIGHT_CAPPED,
+            request,
+            f"client {request.client_id} claimed {request.num_examples} examples for round "
+            f"{request.round}; counted as {cap:g} (spec.weights)",
+        )
+        return cap
 
     async def _client_failed(
         self, run: RoundRun, a: Assignment, request: pb.Update, log: Logger
@@ -387,7 +537,11 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
 
     def _report_event(
-        self, kind: EventKind, request: pb.Update, message: str, level: str = "warning"
+        self,
+        kind: EventKind,
+        request: pb.Update | pb.Validation,
+        message: str,
+        level: str = "warning",
     ) -> None:
         """An event about a client's report, naming its round, attempt and client."""
         self._event(
@@ -411,6 +565,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 combiner=self.name,
                 status=a.status,
                 num_examples=a.num_examples,
+                weight=a.weight if a.status == AssignmentStatus.ACCEPTED else 0.0,
                 reason=a.reason or "",
                 sha256=sha,
                 at=time.time(),
@@ -437,7 +592,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _aggregate(self, run: RoundRun, req: pb.Update) -> None:
+    def _aggregate(self, run: RoundRun, req: pb.Update, weight: float) -> None:
         """Fetch, check and fold one update into the running sum (worker thread)."""
         if run.cancelled or run.aggregator is None or run.template is None:
             raise UpdateRejected(Reason.PAST_ROUND, "the round was cancelled")
@@ -461,7 +616,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 path, run.template, max_bytes=run.plan.max_bytes, sha256=req.sha256 or None
             )
             try:
-                run.aggregator.add(model, float(req.num_examples))
+                run.aggregator.add(model, weight)
             finally:
                 model.close()
             self.store.delete(key)  # accepted updates are folded in and dropped
@@ -472,7 +627,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
     async def ReportValidation(
         self, request: pb.Validation, context: grpc.aio.ServicerContext
     ) -> pb.Ack:
-        await self._auth(context, self.client_token, "client")
+        await self._client(context, request.client_id)
         try:
             run, a = self._expected(
                 request.task_id,
@@ -501,6 +656,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             run.settle(a, AssignmentStatus.REJECTED, rej.reason)
             return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
         a.num_examples = request.num_examples
+        a.weight = self._weight(run, request)
         a.metrics = dict(request.metrics)
         run.settle(a, AssignmentStatus.ACCEPTED)
         return pb.Ack(accepted=True)
@@ -592,9 +748,13 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
 
     async def _progress_until_settled(self, run: RoundRun) -> AsyncIterator[pb.Progress]:
         """Progress now, then at every change (at least each second) until every
-        assignment is settled, the deadline passes or the run is cancelled."""
+        assignment is settled and no freed slot can be refilled, the deadline
+        passes or the run is cancelled."""
         yield run.progress()
-        while not run.finished and not run.cancelled:
+        while not run.cancelled:
+            await self._refill(run)
+            if run.finished:
+                return
             left = run.deadline - time.monotonic()
             if left <= 0:
                 return
@@ -644,29 +804,58 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             self.job.spec.aggregator, run.template, spill_dir=run.workdir / "spill"
         )
 
-    async def _assign(self, run: RoundRun) -> None:
-        """Select clients, then build their tasks (store calls, off the event loop)
-        and push them on the clients' streams."""
+    async def _assign(self, run: RoundRun) -> int:
+        """Give the attempt's open slots to idle clients it has not tried yet, the
+        steadiest first (`select_steady`); build their tasks (store calls, off the
+        event loop) and push them on the clients' streams. Returns how many."""
         plan = run.plan
-        idle = [c.client_id for c in self.clients.values() if c.busy is None]
-        seed = derive_seed(plan.seed, plan.round, plan.attempt, plan.kind, self.name)
-        chosen = [self.clients[cid] for cid in select_clients(idle, plan.quota, seed)]
-        for c in chosen:  # reserve them before yielding to the loop
-            a = Assignment(uuid.uuid4().hex, c.client_id)
+        now = time.monotonic()
+        idle = {
+            c.client_id: now - c.connected_at
+            for c in self.clients.values()
+            if c.busy is None and c.client_id not in run.by_client
+        }
+        # A refill draws anew (the number already tried is part of its seed).
+        tried = (len(run.by_client),) if run.by_client else ()
+        seed = derive_seed(plan.seed, plan.round, plan.attempt, plan.kind, self.name, *tried)
+        picked = select_steady(
+            idle, run.open_slots(), seed, settle_seconds=2 * self.heartbeat_seconds
+        )
+        new: list[Assignment] = []
+        for cid in picked:  # reserve them before yielding to the loop
+            a = Assignment(uuid.uuid4().hex, cid)
             run.assignments[a.task_id] = a
-            run.by_client[c.client_id] = a.task_id
-            c.busy = a.task_id
-        tasks = await self._cpu_call(self._make_tasks, run)
+            run.by_client[cid] = a.task_id
+            self.clients[cid].busy = a.task_id
+            new.append(a)
+        if not new:
+            return 0
+        tasks = await self._cpu_call(self._make_tasks, run, new)
         for task in tasks:
-            c_now = self.clients.get(run.assignments[task.task_id].client_id)
+            a = run.assignments[task.task_id]
+            c_now = self.clients.get(a.client_id)
             if c_now is not None and c_now.busy == task.task_id:
                 c_now.queue.put_nowait(task)
-            else:  # it went away while the task was being prepared
-                a = run.assignments[task.task_id]
-                if a.status == AssignmentStatus.PENDING:
-                    run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_LOST)
+            elif a.status == AssignmentStatus.PENDING:  # it went away meanwhile
+                run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_LOST)
+        return len(new)
 
-    def _make_tasks(self, run: RoundRun) -> list[pb.Task]:
+    async def _refill(self, run: RoundRun) -> None:
+        """A selected client that left or failed frees its slot: give it to another
+        idle client while the deadline allows."""
+        if run.cancelled or not run.open_slots() or not run.may_refill(time.monotonic()):
+            return
+        n = await self._assign(run)
+        if n:
+            self.log.info(
+                "freed slots reassigned",
+                round=run.plan.round,
+                attempt=run.plan.attempt,
+                assigned=n,
+                selected=len(run.assignments),
+            )
+
+    def _make_tasks(self, run: RoundRun, assignments: list[Assignment]) -> list[pb.Task]:
         plan = run.plan
         # Presigned URLs live as long as the attempt (plus a margin), no longer.
         ttl = int(max(60.0, plan.deadline_unix_ms / 1000 - time.time() + 300))
@@ -676,7 +865,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             else self._transfer(plan.model_key, put=False, ttl=ttl)
         )
         tasks = []
-        for a in list(run.assignments.values()):
+        for a in assignments:
             task = pb.Task(
                 task_id=a.task_id,
                 kind=plan.kind,
@@ -709,7 +898,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
     async def _finish(self, run: RoundRun) -> pb.Partial:
         plan = run.plan
         accepted = [a for a in run.assignments.values() if a.status == AssignmentStatus.ACCEPTED]
-        metrics = weighted_metrics([(a.metrics, float(a.num_examples)) for a in accepted])
+        metrics = weighted_metrics([(a.metrics, a.weight) for a in accepted])
         partial = pb.Partial(
             n_updates=len(accepted),
             participants=sorted(a.client_id for a in accepted),
@@ -718,6 +907,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             failed=run.count(AssignmentStatus.FAILED),
             num_examples=sum(a.num_examples for a in accepted),
             metrics=metrics,
+            weight_capped=run.weight_capped,
+            claims=sorted(a.num_examples for a in accepted),
         )
         if plan.kind == pb.TASK_KIND_INIT and accepted:
             partial.key, partial.weight = plan.model_key, 1.0
@@ -731,9 +922,16 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         return partial
 
     def _write_partial(self, run: RoundRun, key: str) -> float:
+        """Store the attempt's aggregate; return its weight in the reducer's merge:
+        fedavg the (capped) examples behind it, a robust aggregator the number of
+        updates (counted here, so no claim can outweigh another combiner)."""
         assert run.aggregator is not None and run.workdir is not None
         tensors = run.aggregator.result()
-        weight = run.aggregator.total_weight
+        weight = (
+            run.aggregator.total_weight
+            if self.job.spec.aggregator.name == "fedavg"
+            else float(run.aggregator.n_updates)
+        )
         path = run.workdir / "partial.safetensors"
         save_model(
             path, tensors, {"weight": repr(weight), "n_updates": str(run.aggregator.n_updates)}

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -34,6 +36,11 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List and download global models of a job.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+clients_app = typer.Typer(
+    help="Issue, list and revoke client credentials (one bearer token per client id).",
+    no_args_is_help=True,
+)
+app.add_typer(clients_app, name="clients")
 
 err = make_console(stderr=True)
 
@@ -97,7 +104,8 @@ TlsCaOpt = Annotated[
 
 
 def _fail(exc: BaseException, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/] {escape(str(exc))}")
+    # soft_wrap: one line however long (logs and scripts read the last line)
+    err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -178,9 +186,19 @@ def status(
     workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
     state: StateOpt = None,
     output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+    stale_after: Annotated[
+        float,
+        typer.Option(
+            "--stale-after",
+            min=0,
+            help="A Running job whose reducer has not renewed its liveness for longer than "
+            "this (seconds) is shown as having no reducer (JSON: reducerMissing).",
+        ),
+    ] = 30.0,
 ) -> None:
     """Show a job: phase, completed rounds, latest metrics, per-round metrics, timings and
-    participants, failed attempts and recent warnings."""
+    participants, failed attempts and recent warnings; a Running job whose reducer is gone
+    (killed) shows as "Running (no reducer seen for ...)"."""
     from fedkube.report import job_status, render_status
 
     if output not in ("table", "json"):
@@ -189,7 +207,7 @@ def status(
         st = _open_state(workdir, state)
         try:
             names = [name] if name else [j.name for j in st.list_jobs()]
-            data = [job_status(st, n) for n in names]
+            data = [job_status(st, n, stale_after=stale_after) for n in names]
         finally:
             st.close()
     except FedkubeError as exc:
@@ -272,6 +290,117 @@ def models_list(
         print(f"{r.round:>5}  {r.key}  {r.size:>12}  {r.sha256[:12]}")
 
 
+# ---------------------------------------------------------------- clients
+
+
+@clients_app.command("issue")
+def clients_issue(
+    name: Annotated[str, typer.Argument(help="Job name.")],
+    client: Annotated[str, typer.Argument(help="The client id the token proves.")],
+    workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
+    state: StateOpt = None,
+    note: Annotated[str, typer.Option("--note", help="Free text kept with the credential.")] = "",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the token to this file (mode 0600) instead of standard output; "
+            "give it to the client as --token-file.",
+        ),
+    ] = None,
+) -> None:
+    """Issue a new token for one client of a job. The token is shown once (only its
+    sha256 is stored); the client passes it as $FEDKUBE_CLIENT_TOKEN or --token-file.
+    A client may hold several tokens (rotation): revoke the old one afterwards."""
+    try:
+        st = _open_state(workdir, state)
+        try:
+            if st.get_job(name) is None:
+                err.print(f"[yellow]note:[/] job {name!r} is not in {st.uri} yet")
+            token, rec = st.issue_credential(name, client, note)
+        finally:
+            st.close()
+    except (FedkubeError, ValueError) as exc:
+        raise _fail(exc) from None
+    if output is None:
+        print(token)
+    else:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+    err.print(f"issued credential {rec.token_id} for client {client!r} of job {name!r}")
+
+
+@clients_app.command("list")
+def clients_list(
+    name: Annotated[str, typer.Argument(help="Job name.")],
+    workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
+    state: StateOpt = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+    all_: Annotated[bool, typer.Option("--all", help="Include revoked credentials.")] = False,
+) -> None:
+    """List a job's client credentials: client, token id, issued, revoked, note (never
+    the tokens, which are not stored)."""
+    import dataclasses
+
+    if output not in ("table", "json"):
+        raise _fail(ValueError(f"--output must be table or json, not {output!r}"))
+    try:
+        st = _open_state(workdir, state)
+        try:
+            recs = [r for r in st.list_credentials(name) if all_ or r.revoked_at is None]
+        finally:
+            st.close()
+    except FedkubeError as exc:
+        raise _fail(exc) from None
+    if output == "json":
+        rows = [{k: v for k, v in dataclasses.asdict(r).items() if k != "digest"} for r in recs]
+        print(json.dumps(rows, indent=2))
+        return
+    fmt = "%Y-%m-%d %H:%M:%S"
+    for r in recs:
+        revoked = (
+            f"revoked {time.strftime(fmt, time.localtime(r.revoked_at))}" if r.revoked_at else ""
+        )
+        issued = time.strftime(fmt, time.localtime(r.issued_at))
+        print(f"{r.client:<24} {r.token_id}  issued {issued}  {revoked}  {r.note}".rstrip())
+
+
+@clients_app.command("revoke")
+def clients_revoke(
+    name: Annotated[str, typer.Argument(help="Job name.")],
+    client: Annotated[str, typer.Argument(help="The client whose credentials to revoke.")],
+    token_id: Annotated[
+        str | None,
+        typer.Option(
+            "--token-id", help="Revoke only this credential (see `fedkube clients list`)."
+        ),
+    ] = None,
+    workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
+    state: StateOpt = None,
+) -> None:
+    """Revoke a client's credentials (all of them, or one with --token-id). Combiners
+    refuse the token within seconds and close that client's task stream; other
+    clients are not disturbed."""
+    try:
+        st = _open_state(workdir, state)
+        try:
+            n = st.revoke_credentials(name, client, token_id)
+        finally:
+            st.close()
+    except FedkubeError as exc:
+        raise _fail(exc) from None
+    if n == 0:
+        raise _fail(
+            ValueError(
+                f"client {client!r} of job {name!r} has no live credential"
+                + (f" {token_id!r}" if token_id else "")
+            )
+        )
+    err.print(f"revoked {n} credential(s) of client {client!r} of job {name!r}")
+
+
 # ---------------------------------------------------------------- roles
 
 
@@ -297,13 +426,6 @@ def combiner(
     port_file: Annotated[
         Path | None, typer.Option("--port-file", help="Write the port actually bound to this file.")
     ] = None,
-    client_token_file: Annotated[
-        str | None,
-        typer.Option(
-            "--client-token-file",
-            help="File with the clients' bearer token (else $FEDKUBE_CLIENT_TOKEN).",
-        ),
-    ] = None,
     reducer_token_file: Annotated[
         str | None,
         typer.Option(
@@ -317,10 +439,13 @@ def combiner(
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve a combiner: clients connect here; it selects them for rounds, checks their
-    updates and keeps one running weighted sum (memory O(model))."""
+    updates and keeps one running weighted sum (memory O(model)).
+
+    Each client proves its id with a token of its own, issued by `fedkube clients
+    issue` and checked against the job's credentials in the state store."""
     _setup_logging(log_level)
     from fedkube.combiner.server import serve_combiner
-    from fedkube.rpc import CLIENT_TOKEN_ENV, REDUCER_TOKEN_ENV, read_token, server_tls
+    from fedkube.rpc import REDUCER_TOKEN_ENV, read_token, server_tls
     from fedkube.settings import state_uri, store_uri
     from fedkube.state import open_state_store
     from fedkube.store import open_object_store
@@ -330,7 +455,6 @@ def combiner(
         wd = workdir.resolve()
         obj = open_object_store(store_uri(job, wd, store))
         st = open_state_store(state_uri(job, wd, state))
-        ctok = read_token(CLIENT_TOKEN_ENV, client_token_file)
         rtok = read_token(REDUCER_TOKEN_ENV, reducer_token_file)
         tls = server_tls(tls_cert, tls_key, tls_client_ca)
     except (FedkubeError, ValueError) as exc:
@@ -343,7 +467,6 @@ def combiner(
                 store=obj,
                 state=st,
                 listen=listen,
-                client_token=ctok,
                 reducer_token=rtok,
                 workdir=wd,
                 tls=tls,
@@ -400,17 +523,37 @@ def reducer(
     tls_ca: TlsCaOpt = None,
     tls_cert: TlsClientCertOpt = None,
     tls_key: TlsClientKeyOpt = None,
+    startup_timeout: Annotated[
+        float,
+        typer.Option(
+            "--startup-timeout",
+            min=0,
+            help="How long to retry (with backoff) reaching the state and object stores at "
+            "start before failing the job (seconds).",
+        ),
+    ] = 60.0,
+    liveness_interval: Annotated[
+        float,
+        typer.Option(
+            "--liveness-interval",
+            min=0.05,
+            help="How often to renew the job record's reducer_seen_at while running "
+            "(seconds); `fedkube status` reports a Running job whose reducer was not "
+            "seen for longer than its --stale-after as having no reducer.",
+        ),
+    ] = 5.0,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run a job's round loop against its combiners. Resumes from the last committed round;
-    exits 0 when the job Succeeded, 1 when it Failed."""
+    exits 0 when the job Succeeded, 1 when it Failed (or the stores cannot be reached
+    within --startup-timeout, or the reducer crashed: one line on stderr, the job Failed)."""
     _setup_logging(log_level)
     from fedkube.localrun import phase_exit_code
+    from fedkube.logs import get_logger
     from fedkube.reducer import ReducerConfig, run_reducer
+    from fedkube.reducer.main import ReducerFailed, open_stores
     from fedkube.rpc import REDUCER_TOKEN_ENV, client_tls, read_token
     from fedkube.settings import state_uri, store_uri
-    from fedkube.state import open_state_store
-    from fedkube.store import open_object_store
 
     try:
         job = _load(job_file)
@@ -427,21 +570,32 @@ def reducer(
                 raise ValueError(f"--combiner {c!r}: expected NAME=HOST:PORT")
             combiners[n] = addr
         wd = workdir.resolve()
-        cfg = ReducerConfig(
-            job=job,
-            store=open_object_store(store_uri(job, wd, store)),
-            state=open_state_store(state_uri(job, wd, state)),
-            combiners=combiners,
-            reducer_token=read_token(REDUCER_TOKEN_ENV, token_file),
-            workdir=wd,
-            job_dir=(job_dir or job_file.parent).resolve(),
-            tls=client_tls(tls_ca, tls_cert, tls_key, force=tls),
-            combiner_template=combiner_template,
-        )
+        token = read_token(REDUCER_TOKEN_ENV, token_file)
+        tls_cfg = client_tls(tls_ca, tls_cert, tls_key, force=tls)
+        store_u, state_u = store_uri(job, wd, store), state_uri(job, wd, state)
     except (FedkubeError, ValueError) as exc:
         raise _fail(exc) from None
-    sys.path.insert(0, str((job_dir or job_file.parent).resolve()))
-    raise typer.Exit(phase_exit_code(run_reducer(cfg, health_port=health_port, linger=linger)))
+    try:
+        obj, st = open_stores(
+            job, store_u, state_u, timeout=startup_timeout, log=get_logger("reducer", job=job.name)
+        )
+        cfg = ReducerConfig(
+            job=job,
+            store=obj,
+            state=st,
+            combiners=combiners,
+            reducer_token=token,
+            workdir=wd,
+            job_dir=(job_dir or job_file.parent).resolve(),
+            tls=tls_cfg,
+            combiner_template=combiner_template,
+            liveness_seconds=liveness_interval,
+        )
+        sys.path.insert(0, str((job_dir or job_file.parent).resolve()))
+        phase = run_reducer(cfg, health_port=health_port, linger=linger)
+    except ReducerFailed as exc:
+        raise _fail(exc, 1) from None
+    raise typer.Exit(phase_exit_code(phase))
 
 
 @app.command()

@@ -21,6 +21,10 @@ What is checked, and named in the `TaskError` when it fails:
 
 Messages start with ``train result:``, ``validation result:`` or ``init
 result:``, whichever form produced it, so a failure reads the same in both.
+
+A command's environment is the client's minus every credential
+(`command_environ`, `is_credential_env`): user code gets no fedkube token and
+no store credential, only what the contract gives it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,51 @@ VALIDATION: Final = "validation result"
 INIT: Final = "init result"
 
 Outcome = tuple[int, dict[str, float]]
+
+
+# ----------------------------------------------------------------- the environment
+
+#: Variables a train/validate/init command never inherits from its client: the
+#: client's and reducer's bearer tokens (fedkube.rpc.CLIENT_TOKEN_ENV and
+#: REDUCER_TOKEN_ENV), the MongoDB URI (spec.stateStore.mongodb.uriEnv's default)
+#: and S3 credentials.
+CREDENTIAL_ENV: Final = frozenset(
+    {
+        "FEDKUBE_CLIENT_TOKEN",
+        "FEDKUBE_REDUCER_TOKEN",
+        "FEDKUBE_MONGODB_URI",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    }
+)
+#: ... nor any variable whose name starts with one of these
+CREDENTIAL_ENV_PREFIXES: Final = ("FEDKUBE_S3_",)
+#: ... nor any FEDKUBE_* variable whose name holds one of these words
+CREDENTIAL_ENV_WORDS: Final = ("TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "KEY", "MONGODB")
+
+
+def is_credential_env(name: str) -> bool:
+    """True for an environment variable that holds a credential (see CREDENTIAL_ENV)."""
+    upper = name.upper()
+    if upper in CREDENTIAL_ENV or upper.startswith(CREDENTIAL_ENV_PREFIXES):
+        return True
+    return upper.startswith("FEDKUBE_") and any(w in upper for w in CREDENTIAL_ENV_WORDS)
+
+
+def command_environ(
+    inherited: Mapping[str, str],
+    *extra: Mapping[str, str],
+    hidden: frozenset[str] = frozenset(),
+) -> dict[str, str]:
+    """A command's environment: `inherited` (the client's own) without its credentials
+    (`is_credential_env`) and without the names in `hidden` (e.g. a job's own
+    spec.stateStore.mongodb.uriEnv), then each of `extra` (spec.train.env, the
+    task's FEDKUBE_* variables) as given."""
+    env = {k: v for k, v in inherited.items() if not is_credential_env(k) and k not in hidden}
+    for more in extra:
+        env.update(more)
+    return env
 
 
 # ----------------------------------------------------------------- the claims

@@ -6,10 +6,23 @@ gRPC on loopback, with the embedded defaults (a local directory as the object
 store, SQLite as the state store) unless --store/--state say otherwise. This
 process only starts them, shows live progress from the state store and stops
 them at the end.
+
+It also watches them: a combiner or the reducer that exits ends the run; each
+simulated client that exits is reported (name, exit code, its log's last
+lines), and once fewer clients run than ``clients.minUpdates`` (no round can
+reach its quorum any more: the run starts no new clients) the federation is
+stopped within a second, the job is recorded Failed with the clients' own
+error, and the run exits 1.
+
+Least privilege: each role process gets only the credentials it needs. A
+simulated client gets its own client token (`LocalFederation._client_env`) and
+no reducer token, store credential or MongoDB URI; the reducer gets the reducer
+token only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -23,17 +36,19 @@ from typing import Any
 import yaml
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from fedkube.contract import is_credential_env
 from fedkube.errors import FedkubeError, SpecError
 from fedkube.process import ChildProcess, stop_all
 from fedkube.report import job_status, make_console, render_status
 from fedkube.rpc import CLIENT_TOKEN_ENV, REDUCER_TOKEN_ENV
 from fedkube.settings import state_uri, store_uri
 from fedkube.spec import FederatedJob, load_job_file, parse_job
-from fedkube.state import StateStore, open_state_store
-from fedkube.vocabulary import Phase
+from fedkube.state import EventRecord, StateStore, open_state_store
+from fedkube.vocabulary import EventKind, Phase
 
 
 @dataclass
@@ -53,8 +68,46 @@ class LocalRunOptions:
 STOP_GRACE = 10.0
 #: log lines shown when a role process fails
 TAIL_LINES = 15
+#: log lines shown for each simulated client that exits
+CLIENT_TAIL_LINES = 5
 #: stop order: clients first, then the reducer, the combiners last
 STOP_ORDER = {"client": 0, "reducer": 1, "combiner": 2}
+#: how long the reducer retries reaching its stores at start (--startup-timeout)
+REDUCER_STARTUP_TIMEOUT = 20.0
+#: longest reason recorded for a run whose clients exited
+MAX_REASON = 500
+
+
+def client_error(log_text: str) -> str:
+    """A client's own error from its log: the last line that reports an error (the
+    `error: ...` line of a client that could not start, a traceback's last line,
+    or the ``error`` of a JSON log line at level error), else the last line."""
+    last = ""
+    for line in reversed(log_text.splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        last = last or line
+        if line.startswith("{"):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = None
+            if isinstance(rec, dict):
+                if rec.get("level") in ("error", "critical") and rec.get("error"):
+                    return " ".join(f"{rec.get('msg', 'error')}: {rec['error']}".split())
+                continue
+        if line.startswith("error:"):
+            return line.removeprefix("error:").strip()
+        if "Error" in line or "Exception" in line:
+            return line
+    if last.startswith("{"):
+        try:
+            rec = json.loads(last)
+            last = str(rec.get("msg", last)) if isinstance(rec, dict) else last
+        except ValueError:
+            pass
+    return last or "no output"
 
 
 class Proc(ChildProcess):
@@ -96,16 +149,21 @@ class LocalFederation:
         self.job_dir = opts.job_file.resolve().parent
         self.workdir = opts.workdir.resolve()
         self.procs: list[Proc] = []
+        self._exited: dict[int | None, Proc] = {}  # simulated clients seen exited, by pid
         self.combiners: dict[str, str] = {}
-        self.client_token = secrets.token_urlsafe(24)
+        self._client_tokens: dict[int, str] = {}
+        self._issuer: StateStore | None = None  # issues the simulated clients' credentials
         self.reducer_token = secrets.token_urlsafe(24)
         self.store_uri = store_uri(self.job, self.workdir, opts.store)
         self.state_uri = state_uri(self.job, self.workdir, opts.state)
 
     # ------------------------------------------------------------ processes
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+    def _base_env(self) -> dict[str, str]:
+        """This process's environment for a role process, without any fedkube token."""
+        env = {
+            k: v for k, v in os.environ.items() if k not in (CLIENT_TOKEN_ENV, REDUCER_TOKEN_ENV)
+        }
         env["PYTHONPATH"] = os.pathsep.join(
             [str(self.job_dir), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
         )
@@ -113,11 +171,46 @@ class LocalFederation:
         # The job directory is on PYTHONPATH explicitly; the current directory must
         # not be (a folder there could shadow a standard-library module).
         env["PYTHONSAFEPATH"] = "1"
-        env[CLIENT_TOKEN_ENV] = self.client_token
+        return env
+
+    def _env(self, role: str) -> dict[str, str]:
+        """The environment of the reducer or a combiner: the reducer token (what the
+        reducer presents and a combiner checks) and the store credentials."""
+        env = self._base_env()
         env[REDUCER_TOKEN_ENV] = self.reducer_token
         return env
 
-    def _spawn(self, role: str, name: str, args: list[str]) -> Proc:
+    def _client_env(self, i: int) -> dict[str, str]:
+        """Simulated client i's environment: its own client token and no other
+        credential (no reducer token, no S3 keys, no MongoDB URI: a client reaches
+        the store through presigned URLs or paths its combiner gives it)."""
+        st = self.job.spec.state_store
+        hidden = {st.mongodb.uri_env} if st is not None and st.mongodb is not None else set()
+        env = {
+            k: v
+            for k, v in self._base_env().items()
+            if not is_credential_env(k) and k not in hidden
+        }
+        env[CLIENT_TOKEN_ENV] = self.client_token_for(i)
+        return env
+
+    def client_token_for(self, i: int) -> str:
+        """Simulated client i's own token (client id ``client-<i>``), issued into the
+        job's credentials the first time this run asks; the credentials earlier
+        runs issued to that client are revoked first, so only this run's work."""
+        if i not in self._client_tokens:
+            if self._issuer is None:
+                self._issuer = open_state_store(self.state_uri)
+            cid = f"client-{i}"
+            self._issuer.revoke_credentials(self.job.name, cid)
+            self._client_tokens[i] = self._issuer.issue_credential(
+                self.job.name, cid, "simulated client of fedkube run"
+            )[0]
+        return self._client_tokens[i]
+
+    def _spawn(
+        self, role: str, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> Proc:
         log = self.workdir / "logs" / f"{name}.log"
         cmd = [
             sys.executable,
@@ -129,7 +222,8 @@ class LocalFederation:
             "--log-level",
             self.opts.log_level,
         ]
-        proc = Proc(role, name, cmd, log, cwd=self.job_dir, env=self._env())
+        env = self._env(role) if env is None else env
+        proc = Proc(role, name, cmd, log, cwd=self.job_dir, env=env)
         self.procs.append(proc)
         return proc.start()
 
@@ -147,6 +241,9 @@ class LocalFederation:
         combiners); SIGKILL what still runs 10 s later."""
         procs = sorted(self.procs, key=lambda p: STOP_ORDER.get(p.role, 3))
         stop_all(procs, STOP_GRACE)
+        if self._issuer is not None:
+            self._issuer.close()
+            self._issuer = None
 
     # ------------------------------------------------------------ run
 
@@ -278,6 +375,8 @@ class LocalFederation:
                 *(x for n, a in self.combiners.items() for x in ("--combiner", f"{n}={a}")),
                 "--workdir",
                 str(self.workdir / "reducer"),
+                "--startup-timeout",
+                str(REDUCER_STARTUP_TIMEOUT),
             ],
         )
 
@@ -303,6 +402,7 @@ class LocalFederation:
                 str(self.workdir / "clients" / f"client-{i}"),
                 *(extra or []),
             ],
+            env=self._client_env(i),
         )
 
     def start_clients(self, job_yaml: Path, count: int | None = None) -> list[Proc]:
@@ -312,6 +412,7 @@ class LocalFederation:
     def _watch(self, state: StateStore, reducer: Proc) -> int:
         name = self.job.name
         last_line = ""
+        clients_failed: str | None = None
         live: Live | None = None
         if self.opts.progress and self.console.is_terminal:
             live = Live(console=self.console, refresh_per_second=4, transient=True)
@@ -329,14 +430,22 @@ class LocalFederation:
                 dead = [p for p in self.procs if p.role == "combiner" and not p.running]
                 if rc is not None or dead:
                     break
+                clients_failed = self._check_clients()
+                if clients_failed is not None:
+                    break
                 time.sleep(0.25)
         finally:
             if live is not None:
                 live.stop()
+        if clients_failed is not None:
+            return self._clients_failed(state, clients_failed)
         rec = state.get_job(name)
         if reducer.running:
             for p in dead:
-                self.console.print(f"[red]{p.name} exited with {p.returncode}[/]:\n{p.log_tail()}")
+                self.console.print(
+                    f"[red]{p.name} exited with {p.returncode}[/]:\n{escape(p.log_tail())}",
+                    soft_wrap=True,
+                )
             return 1
         if rec is not None:
             self.console.print(render_status(job_status(state, name)))
@@ -344,10 +453,62 @@ class LocalFederation:
             self.console.print(
                 f"[red]job {name!r} did not succeed[/] (phase "
                 f"{rec.phase if rec else 'unknown'}, reducer exit "
-                f"{reducer.returncode}); reducer log tail:\n{reducer.log_tail()}"
+                f"{reducer.returncode}); reducer log tail:\n{escape(reducer.log_tail())}",
+                soft_wrap=True,
             )
             return 1
         return 0
+
+    # ------------------------------------------------------------ clients that exit
+
+    def _check_clients(self) -> str | None:
+        """Report each simulated client that exited since the last call; the reason
+        the run must stop once fewer run than clients.minUpdates (else None)."""
+        clients = [p for p in self.procs if p.role == "client"]
+        for p in clients:
+            if not p.running and p.pid not in self._exited:
+                self._exited[p.pid] = p
+                self.console.print(
+                    f"[red]{escape(p.name)} exited with {p.returncode}[/]: "
+                    f"{escape(client_error(p.log_tail()))}\n"
+                    f"{escape(p.log_tail(CLIENT_TAIL_LINES))}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        alive = sum(1 for p in clients if p.running)
+        need = self.job.spec.clients.min_updates
+        if not self._exited or alive >= need:
+            return None
+        first = next(iter(self._exited.values()))
+        reason = (
+            f"{len(self._exited)} of {len(clients)} simulated clients exited ({alive} still "
+            f"running, clients.minUpdates is {need}); {first.name} exited with "
+            f"{first.returncode}: {client_error(first.log_tail())}"
+        )
+        reason = " ".join(reason.split())
+        return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
+
+    def _clients_failed(self, state: StateStore, reason: str) -> int:
+        """Stop the federation, record the job Failed with `reason`, show the log tail."""
+        name = self.job.name
+        first = next(iter(self._exited.values()))
+        self.console.print(
+            f"[red]job {name!r} cannot run[/]: {escape(reason)}\n"
+            f"{escape(first.name)} log tail ({first.log_path}):\n{escape(first.log_tail())}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        self.stop()  # the reducer first records that it was interrupted; Failed comes after
+        try:
+            if state.get_job(name) is None:
+                state.create_job(name, self.job.to_manifest())
+            state.update_job(name, phase=Phase.FAILED, message=reason, completed_at=time.time())
+            state.add_event(
+                EventRecord(job=name, kind=EventKind.JOB_FAILED, message=reason, level="error")
+            )
+        except FedkubeError as exc:
+            self.console.print(f"[yellow]cannot record the failure[/]: {escape(str(exc))}")
+        return 1
 
     def _progress(self, state: StateStore, name: str) -> tuple[str, Any] | None:
         try:

@@ -15,6 +15,12 @@ same way. Each child:
 - optionally dies with the thread that started it (PR_SET_PDEATHSIG on
   Linux), so a killed parent leaves no server behind.
 
+`run_contained` runs one command of user code the same way (its own session),
+with a time limit for its whole process group, its output streamed to a
+size-capped log file (`CappedLog`, the tail kept in memory), and returns only
+once no process of the group is left: the train/validate/init commands of a
+client (fedkube.client.runner).
+
 Failures raise fedkube.errors.ServiceUnavailable (with the log tail and a
 `hint`). Standard library only.
 """
@@ -24,12 +30,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Self, TypeVar
 
@@ -276,3 +286,277 @@ def wait_for_signal(check: Callable[[], None] | None = None, interval: float = 0
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+# ------------------------------------------------------------ contained commands
+
+#: SIGTERM grace before SIGKILL for a contained command (at most a quarter of its time)
+COMMAND_TERM_GRACE = 5.0
+#: a contained command's log file keeps at most this many bytes: the newest output
+COMMAND_LOG_CAP = 8 << 20
+#: the tail of a command's output kept in memory: at most this many lines and bytes
+COMMAND_TAIL_LINES = 40
+COMMAND_TAIL_BYTES = 4096
+#: how long output is still read once the command's process group is gone
+_DRAIN_SECONDS = 2.0
+_READ_CHUNK = 1 << 16
+_PROC = Path("/proc")
+
+
+class CappedLog:
+    """Output appended to `path`, of which at most `cap` bytes (the newest) are kept,
+    and the last lines in memory (`tail`). Memory stays bounded whatever is written.
+
+    It is written in two halves: when `path` would pass cap/2 bytes it becomes
+    ``path.1`` (dropping the previous ``.1``) and a new `path` starts. `close()`
+    joins the halves back into `path`, behind a line saying how much was dropped.
+    A write error (disk full) stops the file, not the tail."""
+
+    def __init__(self, path: Path, cap: int = COMMAND_LOG_CAP) -> None:
+        self.path = path
+        self.half = max(1, cap // 2)
+        self.total = 0  # bytes written, dropped or not
+        self._old = path.with_name(path.name + ".1")
+        self._old.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[bytes] | None = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._size = 0
+        self._tail = bytearray()
+        self._trimmed = False
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> None:
+        self.total += len(data)
+        self._tail += data
+        if len(self._tail) > 2 * COMMAND_TAIL_BYTES:
+            del self._tail[:-COMMAND_TAIL_BYTES]
+            self._trimmed = True
+        if self._file is None:
+            return
+        data = data[-self.half :]
+        try:
+            if self._size + len(data) > self.half and self._size:
+                self._file.close()
+                os.replace(self.path, self._old)
+                self._file = open(self.path, "wb")  # noqa: SIM115
+                self._size = 0
+            self._file.write(data)
+            self._size += len(data)
+        except OSError as exc:
+            self.error = exc
+            self._close_file()
+
+    def tail(self, lines: int = COMMAND_TAIL_LINES) -> str:
+        """The last `lines` lines (at most COMMAND_TAIL_BYTES bytes) written."""
+        text = bytes(self._tail[-COMMAND_TAIL_BYTES:]).decode("utf-8", "replace")
+        out = text.rstrip().splitlines()
+        if (self._trimmed or len(self._tail) > COMMAND_TAIL_BYTES) and len(out) > 1:
+            out = out[1:]  # the first line is cut
+        return "\n".join(out[-lines:])
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        """Close the file, joining its halves into `path` (at most `cap` bytes)."""
+        self._close_file()
+        if not self._old.exists():
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            kept = self._old.stat().st_size + self.path.stat().st_size
+            with open(tmp, "wb") as out:
+                out.write(
+                    f"[fedkube: the first {self.total - kept} bytes of output were dropped; "
+                    f"the last {kept} follow]\n".encode()
+                )
+                for part in (self._old, self.path):
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 20)
+            os.replace(tmp, self.path)
+            self._old.unlink()
+        except OSError as exc:  # the two halves stay as they are
+            self.error = exc
+            tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How a contained command ended. `returncode` is None when it was killed
+    (`timed_out`: it ran out of time; `cancelled`: `cancel` was set)."""
+
+    returncode: int | None
+    timed_out: bool
+    cancelled: bool
+    seconds: float
+    tail: str
+    log_path: Path
+    output_bytes: int
+
+
+def run_contained(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    timeout: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cancel: threading.Event | None = None,
+    term_grace: float = COMMAND_TERM_GRACE,
+    log_cap: int = COMMAND_LOG_CAP,
+) -> CommandResult:
+    """Run `argv` in a session (and process group) of its own, stdin from /dev/null,
+    stdout and stderr streamed by a reader thread into a `CappedLog` at `log_path`.
+
+    The whole group is done within `timeout` seconds: SIGTERM at ``timeout - grace``
+    (grace: `term_grace`, at most a quarter of `timeout`), SIGKILL at `timeout`. The
+    group is also stopped when `cancel` is set, on any exception (KeyboardInterrupt
+    included), and when the command exits leaving processes behind. Returns once no
+    process of the group is left (waiting at most REAP_TIMEOUT after SIGKILL); OSError
+    (FileNotFoundError, PermissionError, ...) when `argv` cannot be run. A process
+    that starts a session of its own (setsid) leaves the group and is not tracked."""
+    log = CappedLog(log_path, log_cap)
+    rfd, wfd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=wfd,
+            stderr=wfd,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(rfd)
+        log.close()
+        raise
+    finally:
+        os.close(wfd)
+    done = threading.Event()
+    reader = threading.Thread(
+        target=_pump, args=(rfd, log, done), name=f"output-{proc.pid}", daemon=True
+    )
+    reader.start()
+    t0 = time.monotonic()
+    kill_at = t0 + max(0.0, timeout)
+    grace = max(0.0, min(term_grace, timeout / 4))
+    ended = "error"
+    try:
+        ended = _wait_until(proc, kill_at - grace, cancel)
+    finally:
+        # SIGKILL at kill_at on a timeout; otherwise (processes left behind, a
+        # cancel, an exception) after the grace, and never later than kill_at.
+        now = time.monotonic()
+        until = kill_at if ended == "timeout" else min(kill_at, now + grace)
+        if ended in ("cancelled", "error"):
+            until = now + grace
+        stop_group(proc, max(0.1, until - now))
+        done.set()
+        reader.join(_DRAIN_SECONDS + 5)
+        os.close(rfd)
+        log.close()
+    return CommandResult(
+        returncode=proc.returncode if ended == "exited" else None,
+        timed_out=ended == "timeout",
+        cancelled=ended == "cancelled",
+        seconds=time.monotonic() - t0,
+        tail=log.tail(),
+        log_path=log_path,
+        output_bytes=log.total,
+    )
+
+
+def _wait_until(
+    proc: subprocess.Popen[bytes], term_at: float, cancel: threading.Event | None
+) -> str:
+    """Wait for `proc` until `term_at` (monotonic): "exited", "timeout" or "cancelled"."""
+    while True:
+        try:
+            proc.wait(timeout=max(0.0, min(0.05, term_at - time.monotonic())))
+            return "exited"
+        except subprocess.TimeoutExpired:
+            pass
+        if cancel is not None and cancel.is_set():
+            return "cancelled"
+        if time.monotonic() >= term_at:
+            return "timeout"
+
+
+def _pump(fd: int, log: CappedLog, done: threading.Event) -> None:
+    """Copy the command's output from `fd` into `log` in chunks until EOF, or until
+    `done` is set and nothing more arrives (at most _DRAIN_SECONDS later)."""
+    drain_until: float | None = None
+    poller = select.poll()  # not select(): no limit on the fd's number
+    poller.register(fd, select.POLLIN)
+    while True:
+        if done.is_set():
+            drain_until = drain_until or time.monotonic() + _DRAIN_SECONDS
+            if time.monotonic() > drain_until:
+                return
+        if not poller.poll(100):
+            if done.is_set():
+                return
+            continue
+        try:
+            data = os.read(fd, _READ_CHUNK)
+        except OSError:
+            return
+        if not data:
+            return
+        log.write(data)
+
+
+def group_alive(pgid: int) -> bool:
+    """True while a process (not a zombie) of process group `pgid` exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not _PROC.is_dir():
+        return True
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop the process group `proc` leads (it was started with start_new_session):
+    nothing if no process of it is left; else SIGTERM, SIGKILL after `grace`
+    seconds, and wait (at most REAP_TIMEOUT) until the group is gone. `proc` is
+    reaped."""
+    pgid = proc.pid
+
+    def gone(until: float) -> bool:
+        while time.monotonic() < until:
+            proc.poll()  # reap the leader, or it stays a zombie of the group
+            if not group_alive(pgid):
+                return True
+            time.sleep(0.02)
+        proc.poll()
+        return not group_alive(pgid)
+
+    proc.poll()
+    if not group_alive(pgid):
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, REAP_TIMEOUT)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        if gone(time.monotonic() + wait):
+            break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=REAP_TIMEOUT)

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from fedkube.errors import StateError
 from fedkube.state import StateStore
-from fedkube.vocabulary import AttemptStatus
+from fedkube.vocabulary import REDUCER_STALE_SECONDS, AttemptStatus, reducer_silence
 
 
 def make_console(*, stderr: bool = False) -> Console:
@@ -27,7 +27,28 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def job_status(state: StateStore, name: str, *, events: int = 20) -> dict[str, Any]:
+def duration_text(seconds: float) -> str:
+    """45s, 2m10s, 1h02m."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def job_status(
+    state: StateStore,
+    name: str,
+    *,
+    events: int = 20,
+    stale_after: float = REDUCER_STALE_SECONDS,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The job as JSON-ready data. ``reducerMissing`` is true for a Running job whose
+    reducer has not renewed ``reducer_seen_at`` for more than `stale_after` seconds
+    (it was killed: nothing runs the job until a reducer starts again)."""
+    now = time.time() if now is None else now
     job = state.get_job(name)
     if job is None:
         known = ", ".join(j.name for j in state.list_jobs()) or "none"
@@ -56,7 +77,9 @@ def job_status(state: StateStore, name: str, *, events: int = 20) -> dict[str, A
             }
         )
     spec = job.manifest.get("spec", {})
-    end = job.completed_at or time.time()
+    end = job.completed_at or now
+    seen = job.reducer_seen_at
+    silent = reducer_silence(job.phase, seen, now, stale_after)
     return {
         "name": job.name,
         "phase": job.phase,
@@ -69,6 +92,9 @@ def job_status(state: StateStore, name: str, *, events: int = 20) -> dict[str, A
         "startTime": _iso(job.started_at),
         "completionTime": _iso(job.completed_at),
         "durationSeconds": round(end - job.started_at, 3) if job.started_at else None,
+        "reducerSeenAt": _iso(seen),
+        "reducerSilentSeconds": round(now - seen, 1) if seen is not None else None,
+        "reducerMissing": silent is not None,
         "roundHistory": [h for h in history if h["status"] == AttemptStatus.COMPLETED],
         "failedAttempts": [h for h in history if h["status"] != AttemptStatus.COMPLETED],
         "clients": [
@@ -113,7 +139,11 @@ def render_status(st: dict[str, Any]) -> Group:
     head = Table.grid(padding=(0, 2))
     head.add_row("Job", Text(st["name"], style="bold"))
     phase_style = {"Succeeded": "green", "Failed": "red", "Running": "cyan"}.get(st["phase"], "")
-    head.add_row("Phase", Text(st["phase"], style=phase_style))
+    if st.get("reducerMissing"):
+        silent = duration_text(st["reducerSilentSeconds"] or 0)
+        head.add_row("Phase", Text(f"{st['phase']} (no reducer seen for {silent})", style="yellow"))
+    else:
+        head.add_row("Phase", Text(st["phase"], style=phase_style))
     head.add_row("Rounds", f"{st['completedRounds']} / {st['rounds']}")
     if st["metrics"]:
         head.add_row("Metrics", _fmt(st["metrics"]))

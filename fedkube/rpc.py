@@ -1,7 +1,8 @@
 """gRPC plumbing shared by every role: bearer-token auth, TLS, channels.
 
-I/O module (grpc). Servers check `authorization: Bearer <token>` on every RPC;
-client tokens and the reducer token are separate secrets. TLS is optional on
+I/O module (grpc). Servers check `authorization: Bearer <token>` on every RPC:
+each client has its own token (`fedkube.identity`), the reducer has one of its
+own. TLS is optional on
 every endpoint: a server with a cert/key serves TLS, and with a client CA it
 also requires client certificates (mTLS).
 """
@@ -64,18 +65,28 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
     return ((MetadataKey.AUTHORIZATION.value, f"Bearer {token}"),)
 
 
-def token_ok(metadata: Any, expected: str) -> tuple[bool, str]:
-    """Check the bearer token in call metadata; returns (ok, why-not)."""
+def bearer_token(metadata: Any) -> tuple[str | None, str]:
+    """The bearer token of call metadata; returns (token, "") or (None, why-not)."""
     for key, value in metadata or ():
         if key == MetadataKey.AUTHORIZATION:
             text = value.decode() if isinstance(value, bytes) else str(value)
             scheme, _, tok = text.partition(" ")
-            if scheme.lower() != "bearer" or not tok:
-                return False, "malformed authorization header (want 'Bearer <token>')"
-            if hmac.compare_digest(tok.strip().encode(), expected.encode()):
-                return True, ""
-            return False, "wrong token"
-    return False, "missing token (authorization metadata)"
+            if scheme.lower() != "bearer" or not tok.strip():
+                return None, "malformed authorization header (want 'Bearer <token>')"
+            return tok.strip(), ""
+    return None, "missing token (authorization metadata)"
+
+
+def token_ok(metadata: Any, expected: str) -> tuple[bool, str]:
+    """Check the bearer token in call metadata against one shared secret (the
+    reducer token); returns (ok, why-not). Clients are checked per client
+    (`fedkube.identity`)."""
+    tok, why = bearer_token(metadata)
+    if tok is None:
+        return False, why
+    if hmac.compare_digest(tok.encode(), expected.encode()):
+        return True, ""
+    return False, "wrong token"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,26 @@ def select_clients(idle: Sequence[str], quota: int, seed: int) -> list[str]:
     return sorted(random.Random(seed).sample(pool, quota))
 
 
+def select_steady(
+    idle: Mapping[str, float], quota: int, seed: int, *, settle_seconds: float
+) -> list[str]:
+    """Pick `quota` of the idle clients (id -> seconds connected), preferring steady ones.
+
+    Clients connected for at least `settle_seconds` are picked first, at random
+    (seeded, as `select_clients`); when they are too few, the rest are filled
+    with the longest-connected of the others. Under churn (clients that come and
+    go) the ones that have stayed get the tasks, so an attempt is not spent on
+    clients about to leave."""
+    if quota <= 0:
+        return []
+    steady = {c for c, age in idle.items() if age >= settle_seconds}
+    chosen = select_clients(sorted(steady), quota, seed)
+    if len(chosen) < quota:
+        fresh = sorted((c for c in idle if c not in steady), key=lambda c: (-idle[c], c))
+        chosen += fresh[: quota - len(chosen)]
+    return chosen
+
+
 def distribute_quota(total: int, connected: Mapping[str, int]) -> dict[str, int]:
     """Split `total` selections over combiners in proportion to their connected
     clients (largest remainder), never more than a combiner has connected."""

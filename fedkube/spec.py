@@ -6,10 +6,22 @@ Pure module: pydantic models, defaults and validation. No I/O except the small
 Kubernetes conventions are kept: field names are camelCase in the manifest and
 numbers that are not integers (learning rates, ratios) are strings, for example
 ``learningRate: "0.01"``. In Python they are floats with snake_case names.
+Durations (``*Seconds``) are integers.
+
+A spec is bounded when it is read, so nothing accepted here fails later for its
+size or type: a job file is at most `MAX_JOB_FILE_BYTES` and may not use YAML
+anchors or aliases (an alias bomb of 1 KB expands to gigabytes); integers and
+booleans are strict (`rounds: true` or `rounds: "3"` are refused); every
+``*Seconds`` field has a floor and a ceiling; `train.config` is plain JSON of at
+most `MAX_CONFIG_BYTES` and the whole spec at most `MAX_SPEC_BYTES` (checked by
+parse_job: the apiserver cannot measure either, the operator refuses them when
+it parses the CR). Every other bound is in the models, so the CRD generated from
+them (`fedkube.operator.crd`) makes the apiserver refuse the same values.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -23,7 +35,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    Strict,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -37,9 +51,70 @@ KIND: Final = "FederatedJob"
 MAX_NAME_LENGTH = 40
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
+# A job file (YAML) or manifest (JSON) larger than this is refused before it is
+# parsed; the operator's ConfigMap with the job spec is limited to 1 MiB too.
+MAX_JOB_FILE_BYTES: Final = 1024 * 1024
+# Deepest nesting of maps and lists in a job file, and in train.config.
+MAX_NESTING: Final = 64
+# The whole spec as compact JSON. On Kubernetes the spec is kept twice in the
+# object's annotations, which the apiserver limits to 256 KiB in all: by
+# `kubectl apply` (last-applied-configuration) and by the operator (kopf's
+# last-handled-configuration); a larger spec cannot be applied or handled.
+MAX_SPEC_BYTES: Final = 96 * 1024
+# train.config travels in every RoundPlan and Task message (config_json); its
+# canonical JSON (`config_json`) must stay far below the control-message limit
+# (fedkube.rpc.MAX_MESSAGE_BYTES, 4 MiB), and inside MAX_SPEC_BYTES.
+MAX_CONFIG_BYTES: Final = 64 * 1024
+MAX_ENV_ENTRIES: Final = 256
+MAX_ENV_VALUE_LENGTH: Final = 32 * 1024
+MAX_ANNOTATIONS: Final = 64
+MAX_ANNOTATION_LENGTH: Final = 4096
+# Bounds of durations, in seconds.
+DAY: Final = 24 * 3600
+MAX_TIMEOUT_SECONDS: Final = 7 * DAY  # roundTimeoutSeconds, waitTimeoutSeconds, ...
+MIN_HEARTBEAT_SECONDS: Final = 1
+MAX_HEARTBEAT_SECONDS: Final = 300
+MAX_BACKOFF_SECONDS: Final = 3600
+INT32_MAX: Final = 2**31 - 1
+# Ceiling of the protocol's int64 fields (seed, maxBytes, num_examples): 2^53, the
+# largest integer a JSON number holds exactly (the apiserver reads schema bounds as
+# float64, so 2^63 - 1 would round up and overflow).
+MAX_SAFE_INTEGER: Final = 2**53
+# Clients per round, validation reports, ...: well inside the protocol's int32 quota.
+MAX_CLIENTS: Final = 100_000
+
+
+def _integer(value: Any) -> Any:
+    """A whole number: 3, or 3.0 as the apiserver also accepts it; not true, "3" or 0.5."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be an integer, not a boolean ({str(value).lower()})")
+    if isinstance(value, str):
+        raise ValueError(f"must be an integer, not a string ({value!r}): write it unquoted")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"must be an integer, not {value!r}")
+        if not value.is_integer():
+            raise ValueError(f"must be a whole number (an integer), not {value!r}")
+        return int(value)
+    return value
+
+
+def _boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be a boolean (true or false, unquoted), not {value!r}")
+    return value
+
+
+# An integer field: no booleans, strings or fractions (Kubernetes `type: integer`).
+Integer = Annotated[int, BeforeValidator(_integer), Strict()]
+# A boolean field: true or false only (not 1, or "true" as a string).
+Boolean = Annotated[bool, BeforeValidator(_boolean), Strict()]
+
 
 def _decimal(value: Any) -> Any:
     """Accept '0.01' (the manifest form) as well as 0.01; reject NaN and infinities."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a number: {str(value).lower()}")
     if isinstance(value, str):
         try:
             value = float(value)
@@ -118,8 +193,11 @@ class ModelSpec(_Model):
         default=None,
         description="In-process seed function `package.module:function` returning tensors.",
     )
-    max_bytes: int = Field(
-        default=2 * 1024**3, gt=0, description="Largest accepted model or update file in bytes."
+    max_bytes: Integer = Field(
+        default=2 * 1024**3,
+        gt=0,
+        le=MAX_SAFE_INTEGER,
+        description="Largest accepted model or update file in bytes.",
     )
 
     @model_validator(mode="after")
@@ -156,20 +234,49 @@ class TrainSpec(_Model):
         default=None, description="In-process validate function `package.module:function`."
     )
     config: dict[str, Any] = Field(
-        default_factory=dict, description="Free-form train config, passed as FEDKUBE_CONFIG."
+        default_factory=dict,
+        description="Free-form train config (plain JSON), passed as FEDKUBE_CONFIG; at most "
+        f"{MAX_CONFIG_BYTES // 1024} KiB as compact JSON, since it travels in every task message.",
     )
-    env: dict[str, str] = Field(
-        default_factory=dict, description="Extra environment for the train command."
+    env: dict[str, Annotated[str, Field(max_length=MAX_ENV_VALUE_LENGTH)]] = Field(
+        default_factory=dict,
+        max_length=MAX_ENV_ENTRIES,
+        description="Extra environment for the train command.",
     )
+
+    @field_validator("config")
+    @classmethod
+    def _bounded_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        problem = _json_problem(config, "", 0)
+        if problem is not None:
+            raise ValueError(f"must be plain JSON: {problem}")
+        size = len(config_json(config).encode())
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(
+                f"is {size} bytes as JSON, over the limit of {MAX_CONFIG_BYTES} bytes "
+                f"({MAX_CONFIG_BYTES // 1024} KiB): it travels in every task message; "
+                "put large data in files the train code reads"
+            )
+        return config
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not name or "=" in name or "\0" in name:
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if "\0" in value:
+                raise ValueError(f"the value of {name} contains a NUL character")
+        return env
 
 
 class SimulationSpec(_Model):
     """Clients that `fedkube run` starts on this machine (ignored by the operator)."""
 
-    clients: int = Field(
+    clients: Integer = Field(
         default=0, ge=0, le=10_000, description="Simulated clients `fedkube run` starts locally."
     )
-    in_process: bool = Field(
+    in_process: Boolean = Field(
         default=True,
         description="Use the in-process train/validate functions when both forms are given.",
     )
@@ -182,29 +289,47 @@ class ClientServiceSpec(_Model):
         default="ClusterIP",
         description="Type of the client Service: ClusterIP, NodePort or LoadBalancer.",
     )
-    node_port: int | None = Field(
+    node_port: Integer | None = Field(
         default=None, ge=30000, le=32767, description="Fixed node port (NodePort, LoadBalancer)."
     )
-    annotations: dict[str, str] = Field(
-        default_factory=dict, description="Annotations of the client Service (e.g. for a cloud LB)."
+    annotations: dict[str, Annotated[str, Field(max_length=MAX_ANNOTATION_LENGTH)]] = Field(
+        default_factory=dict,
+        max_length=MAX_ANNOTATIONS,
+        description="Annotations of the client Service (e.g. for a cloud LB).",
     )
 
 
 class ClientsSpec(_Model):
     """Client selection, quorum and deadlines of each round."""
 
-    per_round: int = Field(default=2, ge=1, description="Clients selected per round (total).")
-    min_updates: int = Field(
-        default=1, ge=1, description="Quorum: updates needed for a round to succeed."
+    per_round: Integer = Field(
+        default=2, ge=1, le=MAX_CLIENTS, description="Clients selected per round (total)."
     )
-    round_timeout_seconds: float = Field(
-        default=300.0, gt=0, description="Deadline for train tasks of one round attempt."
+    min_updates: Integer = Field(
+        default=1,
+        ge=1,
+        le=MAX_CLIENTS,
+        description="Quorum: updates needed for a round to succeed.",
     )
-    wait_timeout_seconds: float = Field(
-        default=120.0, gt=0, description="How long a round waits for enough connected clients."
+    round_timeout_seconds: Integer = Field(
+        default=300,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Deadline in seconds for train tasks of one round attempt (at most 7 days).",
     )
-    heartbeat_seconds: float = Field(
-        default=5.0, gt=0, description="Client heartbeat; combiners forget clients after 3 missed."
+    wait_timeout_seconds: Integer = Field(
+        default=120,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description="How long (seconds) a round waits for enough connected clients (at most "
+        "7 days).",
+    )
+    heartbeat_seconds: Integer = Field(
+        default=5,
+        ge=MIN_HEARTBEAT_SECONDS,
+        le=MAX_HEARTBEAT_SECONDS,
+        description="Client heartbeat in seconds (1 to 300); combiners forget clients after 3 "
+        "missed.",
     )
     simulation: SimulationSpec = Field(default_factory=SimulationSpec)
     service: ClientServiceSpec = Field(default_factory=ClientServiceSpec)
@@ -222,8 +347,8 @@ class ClientsSpec(_Model):
 class CombinersSpec(_Model):
     """The combiners: the servers clients connect to; each aggregates its clients' updates."""
 
-    replicas: int = Field(default=1, ge=1, le=256, description="Number of combiners.")
-    port: int = Field(default=7070, ge=1, le=65535, description="gRPC port of each combiner.")
+    replicas: Integer = Field(default=1, ge=1, le=256, description="Number of combiners.")
+    port: Integer = Field(default=7070, ge=1, le=65535, description="gRPC port of each combiner.")
     resources: dict[str, Any] = Field(
         default_factory=dict, description="Kubernetes ResourceRequirements of a combiner pod."
     )
@@ -292,32 +417,69 @@ ServerOptimizerSpec = Annotated[
 ]
 
 
+class WeightsSpec(_Model):
+    """Weight policy: bounds on the num_examples a client claims for an update.
+
+    num_examples is self-reported by each client and weighs its update in FedAvg,
+    so one client claiming 10^12 examples would otherwise be the whole step. The
+    bounds apply before aggregation; unset (the default) means no bound.
+    """
+
+    max_examples: Integer | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_SAFE_INTEGER,
+        description="Cap on the num_examples a client may claim for one update (num_examples "
+        "is self-reported): larger claims are clipped to it before aggregation.",
+    )
+    max_median_multiple: Decimal | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Cap each claim of num_examples (self-reported) at this multiple of the "
+        'median claim of the accepted updates of the previous committed round, e.g. "3"; '
+        "round 1 has no previous round, so there only maxExamples applies.",
+    )
+
+
 class ValidationSpec(_Model):
     """Validation of the global model by the clients."""
 
-    enabled: bool = Field(default=True, description="Ask clients to validate the global model.")
-    every: int = Field(default=1, ge=1, description="Validate the global model every N rounds.")
-    per_round: int | None = Field(
-        default=None, ge=1, description="Clients asked to validate (default: all connected)."
+    enabled: Boolean = Field(default=True, description="Ask clients to validate the global model.")
+    every: Integer = Field(
+        default=1, ge=1, le=100_000, description="Validate the global model every N rounds."
     )
-    timeout_seconds: float = Field(
-        default=120.0, gt=0, description="Deadline for validation tasks of one round."
+    per_round: Integer | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CLIENTS,
+        description="Clients asked to validate (default: all connected).",
     )
-    min_reports: int = Field(
-        default=1, ge=1, description="Validation reports needed to record the round's metrics."
+    timeout_seconds: Integer = Field(
+        default=120,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Deadline in seconds for validation tasks of one round (at most 7 days).",
+    )
+    min_reports: Integer = Field(
+        default=1,
+        ge=1,
+        le=MAX_CLIENTS,
+        description="Validation reports needed to record the round's metrics.",
     )
 
 
 class RetrySpec(_Model):
     """Retries of a failed round."""
 
-    max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts per round.")
-    backoff_seconds: float = Field(
-        default=2.0,
+    max_attempts: Integer = Field(default=3, ge=1, le=100, description="Attempts per round.")
+    backoff_seconds: Integer = Field(
+        default=2,
         ge=0,
-        le=3600,
-        description="Wait before the next attempt of a failed round, doubled after each "
-        "failure (at most 60 s), so a short outage (storage restart) costs a retry, not the job.",
+        le=MAX_BACKOFF_SECONDS,
+        description="Seconds to wait before the next attempt of a failed round, doubled after "
+        "each failure (at most 60 s), so a short outage (storage restart) costs a retry, not "
+        "the job.",
     )
 
 
@@ -333,7 +495,7 @@ class S3StorageSpec(_Model):
     endpoint: str = Field(description="host:port of the S3 endpoint (the in-cluster address).")
     bucket: str = Field(description="Bucket of the model files.")
     region: str | None = Field(default=None, description="Region of the bucket.")
-    secure: bool = Field(default=True, description="Use HTTPS.")
+    secure: Boolean = Field(default=True, description="Use HTTPS.")
     public_endpoint: str | None = Field(
         default=None,
         description="host:port clients outside the cluster use; presigned URLs are signed for it.",
@@ -390,9 +552,14 @@ class StateStoreSpec(_Model):
 class JobSpec(_Model):
     """The job: rounds, clients, training entrypoint, aggregation, storage."""
 
-    rounds: int = Field(ge=1, le=100_000, description="Number of federated rounds.")
-    suspend: bool = Field(default=False, description="Pause the round loop between rounds.")
-    seed: int = Field(default=0, description="Seed for client selection.")
+    rounds: Integer = Field(ge=1, le=100_000, description="Number of federated rounds.")
+    suspend: Boolean = Field(default=False, description="Pause the round loop between rounds.")
+    seed: Integer = Field(
+        default=0,
+        ge=-MAX_SAFE_INTEGER,
+        le=MAX_SAFE_INTEGER,
+        description="Seed for client selection.",
+    )
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     clients: ClientsSpec = Field(default_factory=ClientsSpec)
@@ -413,12 +580,16 @@ class JobSpec(_Model):
         description="Server optimizer on the pseudo-gradient: fedavg, fedavgm, fedadam, "
         "fedyogi or fedadagrad.",
     )
+    weights: WeightsSpec = Field(default_factory=WeightsSpec)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     state_store: StateStoreSpec = Field(default_factory=StateStoreSpec)
-    ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the job this long after it finished (Kubernetes)."
+    ttl_seconds_after_finished: Integer | None = Field(
+        default=None,
+        ge=0,
+        le=INT32_MAX,
+        description="Delete the job this many seconds after it finished (Kubernetes).",
     )
 
 
@@ -440,6 +611,37 @@ class FederatedJob(_Model):
 
 # Fields holding a discriminated union: pydantic puts the tag into the location.
 _TAGGED = {"aggregator", "serverOptimizer"}
+
+
+def config_json(config: dict[str, Any]) -> str:
+    """The canonical JSON of train.config (sorted keys, compact, ASCII): what its limit measures."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _json_problem(value: Any, where: str, depth: int) -> str | None:
+    """Why `value` is not plain JSON (a YAML date, a set, NaN, a non-string key), or None."""
+    if depth > MAX_NESTING:
+        return f"{where or 'it'} is nested more than {MAX_NESTING} levels deep"
+    if value is None or isinstance(value, (bool, int, str)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where or 'a value'} is {value!r}"
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _json_problem(item, f"{where}[{i}]", depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"key {key!r}{' of ' + where if where else ''} is not a string"
+            problem = _json_problem(item, f"{where}.{key}" if where else key, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    kind = type(value).__name__
+    return f"{where or 'a value'} is a {kind} (quote it in YAML to pass a string)"
 
 
 def _loc(err: Any) -> str:
@@ -472,24 +674,62 @@ def parse_job(data: Any, *, source: str = "job") -> FederatedJob:
             f"{source}: a FederatedJob manifest must be a mapping, got {type(data).__name__}"
         )
     try:
-        return FederatedJob.model_validate(data)
+        job = FederatedJob.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"  {_loc(err)}: {msg}")
         raise SpecError(f"{source}: invalid FederatedJob:\n" + "\n".join(lines)) from None
+    problem = _spec_size_problem(job.to_manifest()["spec"])
+    if problem is not None:
+        raise SpecError(f"{source}: invalid FederatedJob:\n  spec: {problem}")
+    return job
+
+
+def _compact_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
+def _spec_size_problem(manifest_spec: dict[str, Any]) -> str | None:
+    """Why the spec (manifest form) is too large, naming its largest field, or None."""
+    size = _compact_size(manifest_spec)
+    if size <= MAX_SPEC_BYTES:
+        return None
+    parts: dict[str, int] = {}
+    for key, value in manifest_spec.items():
+        if isinstance(value, dict) and value:
+            parts.update({f"spec.{key}.{k}": _compact_size(v) for k, v in value.items()})
+        else:
+            parts[f"spec.{key}"] = _compact_size(value)
+    largest = max(parts, key=lambda k: parts[k])
+    return (
+        f"is {size} bytes as JSON, over the limit of {MAX_SPEC_BYTES} bytes "
+        f"({MAX_SPEC_BYTES // 1024} KiB: on Kubernetes the spec is kept in annotations, "
+        f"limited to 256 KiB); the largest part is {largest} ({parts[largest]} bytes)"
+    )
 
 
 def load_job_file(path: str | Path) -> FederatedJob:
-    """Read and validate a FederatedJob YAML file (the first FederatedJob document)."""
+    """Read and validate a FederatedJob YAML file (the first FederatedJob document).
+
+    The file is bounded before it is parsed: at most MAX_JOB_FILE_BYTES, no YAML
+    anchors or aliases (they can expand a 1 KB file to gigabytes), nesting at
+    most MAX_NESTING deep.
+    """
     p = Path(path)
     try:
-        text = p.read_text()
+        with p.open("rb") as fh:
+            data = fh.read(MAX_JOB_FILE_BYTES + 1)
     except OSError as exc:
         raise SpecError(f"{p}: cannot read job file: {exc.strerror}") from None
+    if len(data) > MAX_JOB_FILE_BYTES:
+        raise SpecError(
+            f"{p}: the job file is larger than {MAX_JOB_FILE_BYTES} bytes (1 MiB), the limit"
+        )
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        _check_yaml_events(data, p)
+        docs = [d for d in yaml.load_all(data, Loader=_YAML_LOADER) if d is not None]
     except yaml.YAMLError as exc:
         raise SpecError(f"{p}: not valid YAML: {exc}") from None
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
@@ -498,7 +738,38 @@ def load_job_file(path: str | Path) -> FederatedJob:
     return parse_job(jobs[0], source=str(p))
 
 
-def job_from_json(text: str) -> FederatedJob:
-    import json
+# libyaml when present (fast); the pure-Python loader otherwise.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    return parse_job(json.loads(text))
+
+def _check_yaml_events(data: bytes, path: Path) -> None:
+    """Refuse anchors, aliases and deep nesting, scanning the parser's events (nothing
+    is built yet, so a bomb costs no more than its size)."""
+    depth = 0
+    for event in yaml.parse(data, Loader=_YAML_LOADER):
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            line = event.start_mark.line + 1 if event.start_mark else "?"
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise SpecError(
+                f"{path}: line {line}: YAML anchors and aliases ({sign}{anchor}) are not "
+                "allowed in a job file; write the value out"
+            )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise SpecError(f"{path}: line {line}: nested more than {MAX_NESTING} levels deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def job_from_json(text: str) -> FederatedJob:
+    """Validate a FederatedJob manifest given as JSON (at most MAX_JOB_FILE_BYTES)."""
+    if len(text) > MAX_JOB_FILE_BYTES:
+        raise SpecError(f"job: the JSON manifest is larger than {MAX_JOB_FILE_BYTES} bytes")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise SpecError(f"job: not valid JSON: {exc}") from None
+    return parse_job(data)

@@ -32,6 +32,27 @@ class Phase(StrEnum):
 #: Phases a job does not leave by itself (a restarted reducer may run a Failed job again).
 TERMINAL_PHASES: Final = (Phase.SUCCEEDED, Phase.FAILED)
 
+#: The message of a job whose reducer was stopped (SIGTERM) before the end: its phase
+#: goes back to Pending, its state is kept, and the next reducer resumes it.
+INTERRUPTED_MESSAGE: Final = "interrupted; resumes when a reducer starts"
+#: How often a running reducer renews ``JobRecord.reducer_seen_at`` (seconds).
+REDUCER_LIVENESS_SECONDS: Final = 5.0
+#: A Running job whose reducer was not seen for longer than this (seconds) has no
+#: reducer behind it (killed, OOM, power loss): `fedkube status` and the operator say so.
+REDUCER_STALE_SECONDS: Final = 30.0
+
+
+def reducer_silence(
+    phase: str, seen_at: float | None, now: float, stale_after: float = REDUCER_STALE_SECONDS
+) -> float | None:
+    """Seconds since a Running job's reducer was last seen, when that is longer than
+    `stale_after` (the job has no reducer behind it); None otherwise (another phase,
+    a reducer seen recently, or a record from before reducers renewed their liveness)."""
+    if phase != Phase.RUNNING or seen_at is None:
+        return None
+    silent = now - seen_at
+    return silent if silent > stale_after else None
+
 
 class AttemptStatus(StrEnum):
     """The status of one attempt of a round (``RoundRecord.status``)."""
@@ -131,6 +152,7 @@ class EventKind(StrEnum):
     JOB_RESUMED = "JobResumed"
     JOB_SUCCEEDED = "JobSucceeded"
     JOB_FAILED = "JobFailed"
+    JOB_INTERRUPTED = "JobInterrupted"  # the reducer was stopped (SIGTERM): phase back to Pending
     SEED_STORED = "SeedStored"
     SEED_FAILED = "SeedFailed"
     # -- rounds and attempts (reducer)
@@ -143,7 +165,12 @@ class EventKind(StrEnum):
     VALIDATION_INCOMPLETE = "ValidationIncomplete"
     VALIDATION_FAILED = "ValidationFailed"  # also a client's failed validate task (combiner)
     # -- clients and their reports (combiner)
-    AUTH_FAILED = "AuthFailed"
+    AUTH_FAILED = "AuthFailed"  # a call without a valid token (merged: "N more ...")
+    IMPERSONATION = "Impersonation"  # a valid token used for another client id
+    DUPLICATE_STREAM = "DuplicateStream"  # a second stream for a connected client, refused
+    CREDENTIAL_REVOKED = "CredentialRevoked"  # a connected client's credential was revoked
+    WEIGHT_CAPPED = "WeightCapped"  # spec.weights clipped a claimed num_examples
+    TASK_REASSIGNED = "TaskReassigned"  # a freed slot went to another idle client
     CLIENT_LOST = "ClientLost"
     TASK_TIMED_OUT = "TaskTimedOut"
     TRAIN_FAILED = "TrainFailed"

@@ -10,7 +10,9 @@ only; child names and Secret keys come from ``names``).
 Children, in apply order (``build_children``):
 
 1. ConfigMap ``<job>-job``: ``job.yaml``, the manifest the pods read.
-2. Secret ``<job>-tokens``: ``client-token`` and ``reducer-token``.
+2. Secret ``<job>-tokens``: ``reducer-token`` only, the token the reducer and
+   the combiners share (clients hold per-client credentials from ``fedkube
+   clients issue``, checked by the combiners against the state store).
 3. Service ``<job>-reducer``: port 8080 ``http`` (``/healthz``, ``/status``).
 4. headless Service ``<job>-combiner``: DNS for each combiner pod, ready or not.
 5. Service ``<job>-clients``: where clients connect (ClusterIP, NodePort or
@@ -27,6 +29,7 @@ annotation ``fedkube.dev/config-hash`` (see ``config_hash`` for what it covers).
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -47,7 +50,6 @@ WORKDIR: Final = "/var/lib/fedkube"
 TMPDIR: Final = "/tmp"  # the store writes temporary files here; the root FS is read-only
 
 REDUCER_HEALTH_PORT: Final = 8080
-CLIENT_TOKEN_ENV: Final = "FEDKUBE_CLIENT_TOKEN"  # = fedkube.rpc.CLIENT_TOKEN_ENV
 REDUCER_TOKEN_ENV: Final = "FEDKUBE_REDUCER_TOKEN"  # = fedkube.rpc.REDUCER_TOKEN_ENV
 CONFIG_HASH_ANNOTATION: Final = "fedkube.dev/config-hash"
 TERMINATION_GRACE_SECONDS: Final = 30
@@ -78,14 +80,6 @@ class OperatorSettings:
     default_image: str = "ghcr.io/fedkube/fedkube:0.1.0"
     log_level: str = "info"
     image_pull_policy: str | None = None
-
-
-@dataclass(frozen=True)
-class Tokens:
-    """The bearer tokens of a job: generated once by the operator, kept in the Secret."""
-
-    client: str
-    reducer: str
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -289,17 +283,17 @@ def build_config_map(job: FederatedJob, namespace: str, uid: str) -> dict[str, A
 
 
 def build_tokens_secret(
-    job: FederatedJob, namespace: str, uid: str, client_token: str, reducer_token: str
+    job: FederatedJob, namespace: str, uid: str, reducer_token: str
 ) -> dict[str, Any]:
-    """Secret ``<job>-tokens`` (stringData): the clients' and the reducer's bearer tokens."""
-    for what, token in (("client", client_token), ("reducer", reducer_token)):
-        if not token:
-            raise BuildError(f"FederatedJob {job.name!r}: empty {what} token")
-    if client_token == reducer_token:
-        raise BuildError(
-            f"FederatedJob {job.name!r}: the client and reducer tokens must differ "
-            "(a client could otherwise drive the combiners)"
-        )
+    """Secret ``<job>-tokens``: the reducer token (shared by the reducer and the combiners).
+
+    No client token: each client has a credential of its own in the state store.
+    The value goes in ``data`` (base64), not ``stringData``: server-side apply
+    tracks ``stringData`` keys that are never stored, so a key dropped from
+    ``stringData`` would stay in the Secret (kubernetes/kubernetes#108008).
+    """
+    if not reducer_token:
+        raise BuildError(f"FederatedJob {job.name!r}: empty reducer token")
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -307,10 +301,7 @@ def build_tokens_secret(
             names.tokens_secret(job.name), job, namespace, uid, names.COMPONENT_TOKENS
         ),
         "type": "Opaque",
-        "stringData": {
-            names.CLIENT_TOKEN_KEY: client_token,
-            names.REDUCER_TOKEN_KEY: reducer_token,
-        },
+        "data": {names.REDUCER_TOKEN_KEY: base64.b64encode(reducer_token.encode()).decode()},
     }
 
 
@@ -475,7 +466,12 @@ def combiner_replicas(job: FederatedJob) -> int:
 def build_combiner_statefulset(
     job: FederatedJob, namespace: str, uid: str, settings: OperatorSettings
 ) -> dict[str, Any]:
-    """StatefulSet ``<job>-combiner``: pods ``<job>-combiner-<i>``, started in parallel."""
+    """StatefulSet ``<job>-combiner``: pods ``<job>-combiner-<i>``, started in parallel.
+
+    The pods get the reducer token and the store credentials but no client token:
+    a combiner checks each client's own token against the job's credentials in
+    the state store.
+    """
     port = job.spec.combiners.port
     tokens = names.tokens_secret(job.name)
     env = [
@@ -483,7 +479,6 @@ def build_combiner_statefulset(
             "name": "POD_NAME",
             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
         },
-        _secret_env(CLIENT_TOKEN_ENV, tokens, names.CLIENT_TOKEN_KEY),
         _secret_env(REDUCER_TOKEN_ENV, tokens, names.REDUCER_TOKEN_KEY),
         *_store_env(job),
     ]
@@ -531,24 +526,18 @@ def build_children(
     namespace: str,
     uid: str,
     settings: OperatorSettings,
-    tokens: Tokens | None = None,
     *,
-    client_token: str | None = None,
-    reducer_token: str | None = None,
+    reducer_token: str,
 ) -> list[dict[str, Any]]:
     """Every child of the job, in apply order: ConfigMap, Secret, Services, StatefulSet,
     Deployment (what the pods mount and dial exists before the pods).
 
-    The tokens come as a ``Tokens`` or as ``client_token=`` and ``reducer_token=``.
+    ``reducer_token`` goes into the Secret (the handlers keep an existing one).
     """
-    if tokens is None:
-        tokens = Tokens(client=client_token or "", reducer=reducer_token or "")
-    elif client_token is not None or reducer_token is not None:
-        raise TypeError("pass tokens or client_token/reducer_token, not both")
     check_runnable(job)
     return [
         build_config_map(job, namespace, uid),
-        build_tokens_secret(job, namespace, uid, tokens.client, tokens.reducer),
+        build_tokens_secret(job, namespace, uid, reducer_token),
         build_reducer_service(job, namespace, uid),
         build_combiner_headless_service(job, namespace, uid),
         build_clients_service(job, namespace, uid),

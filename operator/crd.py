@@ -15,9 +15,16 @@ How pydantic maps onto a structural schema:
   whose pydantic default is "all defaults" gets `default: {}`: the apiserver
   then fills in the nested defaults, exactly as pydantic would (checked here);
 - `ge/gt/le/lt` become `minimum/maximum` (+ `exclusiveMinimum/Maximum`);
+  `max_length` becomes `maxLength` (strings), `maxItems` (lists) or
+  `maxProperties` (maps);
   `Literal` fields and string `Enum`s (`fedkube.vocabulary.Phase`) become
   `enum`s; `dict[str, str]` is a string map and
   `dict[str, Any]` a free-form object (`x-kubernetes-preserve-unknown-fields`);
+- `fedkube.spec.Integer` and `fedkube.spec.Boolean` (strict: no `true` for an
+  integer, no `"3"`, no `"true"`) are `type: integer` and `type: boolean`,
+  which the apiserver enforces just as strictly. Bounds the apiserver cannot
+  express (the size of `train.config` as JSON) are checked by the operator,
+  which parses every FederatedJob with `fedkube.spec.parse_job`;
 - `fedkube.spec.Decimal` (a float written as a string, the Kubernetes
   convention) is `type: string` with a decimal-number pattern; its bounds are
   CEL rules on `double(self)`;
@@ -50,7 +57,7 @@ from typing import Annotated, Any, Final, Literal, Union
 
 import annotated_types as at
 import yaml
-from pydantic import AwareDatetime, BaseModel, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, Strict, TypeAdapter
 from pydantic.fields import FieldInfo
 
 from fedkube import spec
@@ -152,6 +159,8 @@ def _root_rules() -> list[Schema]:
 # The walker: pydantic annotations -> structural schema nodes.
 
 _DECIMAL_MARKERS = typing.get_args(spec.Decimal)[1:]  # its validator and serializer
+# The validators of fedkube.spec.Integer and Boolean: the schema's type says the same.
+_STRICT_MARKERS = (*typing.get_args(spec.Integer)[1:], *typing.get_args(spec.Boolean)[1:])
 _BOUNDS: dict[type, tuple[str, str, bool]] = {
     at.Ge: ("ge", "minimum", False),
     at.Gt: ("gt", "minimum", True),
@@ -216,20 +225,23 @@ def _bounds(node: Schema, metadata: list[Any], path: str, *, cel: bool) -> None:
         )
 
 
-def _lengths(node: Schema, metadata: list[Any], *, items: bool) -> None:
+def _lengths(node: Schema, metadata: list[Any], *, unit: str) -> None:
+    """min/max_length as minLength/maxLength (unit "Length"), min/maxItems, min/maxProperties."""
     for m in metadata:
         if isinstance(m, at.MinLen):
-            node["minItems" if items else "minLength"] = m.min_length
+            node[f"min{unit}"] = m.min_length
         elif isinstance(m, at.MaxLen):
-            node["maxItems" if items else "maxLength"] = m.max_length
+            node[f"max{unit}"] = m.max_length
 
 
-_KNOWN_METADATA = (*_BOUNDS, at.MinLen, at.MaxLen)
+_KNOWN_METADATA = (*_BOUNDS, at.MinLen, at.MaxLen, Strict)
 
 
 def _check_metadata(metadata: list[Any], path: str) -> None:
     for m in metadata:
-        if any(m is marker for marker in _DECIMAL_MARKERS) or isinstance(m, _KNOWN_METADATA):
+        if any(m is marker for marker in (*_DECIMAL_MARKERS, *_STRICT_MARKERS)):
+            continue
+        if isinstance(m, _KNOWN_METADATA):
             continue
         raise TypeError(f"{path}: the CRD generator does not know the constraint {m!r}")
 
@@ -254,7 +266,7 @@ def _type_schema(tp: Any, metadata: list[Any], path: str) -> Schema:
         return node
     if tp is str:
         node = {"type": "string"}
-        _lengths(node, metadata, items=False)
+        _lengths(node, metadata, unit="Length")
         return node
     if tp is AwareDatetime or (isinstance(tp, type) and issubclass(tp, datetime)):
         return {"type": "string", "format": "date-time"}
@@ -272,19 +284,22 @@ def _type_schema(tp: Any, metadata: list[Any], path: str) -> Schema:
         (item,) = typing.get_args(tp)
         item_tp, item_meta, _ = _unwrap(item, [])
         node = {"type": "array", "items": _type_schema(item_tp, item_meta, f"{path}[]")}
-        _lengths(node, metadata, items=True)
+        _lengths(node, metadata, unit="Items")
         return node
     if origin is dict:
         key, value = typing.get_args(tp)
         if key is not str:
             raise TypeError(f"{path}: map keys must be str, got {key!r}")
         if value is Any:
-            return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        value_tp, value_meta, _ = _unwrap(value, [])
-        return {
-            "type": "object",
-            "additionalProperties": _type_schema(value_tp, value_meta, f"{path}.*"),
-        }
+            node = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        else:
+            value_tp, value_meta, _ = _unwrap(value, [])
+            node = {
+                "type": "object",
+                "additionalProperties": _type_schema(value_tp, value_meta, f"{path}.*"),
+            }
+        _lengths(node, metadata, unit="Properties")
+        return node
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return _object_schema(tp, path)
     raise TypeError(f"{path}: the CRD generator cannot express {tp!r}")
@@ -514,6 +529,8 @@ _KEY_ORDER = (
     "exclusiveMaximum",
     "minItems",
     "maxItems",
+    "minProperties",
+    "maxProperties",
     "properties",
     "additionalProperties",
     "items",

@@ -12,6 +12,7 @@ replicas and suspend), the status block and Kubernetes Events.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import logging
 import os
@@ -133,13 +134,39 @@ async def _state_for(rt: Runtime, job: FederatedJob, namespace: str) -> StateSto
     return rt.stores[uri]
 
 
-async def _tokens(rt: Runtime, namespace: str, name: str) -> tuple[str, str]:
-    """Keep the tokens of an existing Secret; make new ones only the first time."""
+async def _reducer_token(rt: Runtime, namespace: str, name: str) -> tuple[str, bool]:
+    """The reducer token of an existing ``<job>-tokens`` Secret (a new one only the
+    first time), and whether that Secret still holds an older operator's shared
+    client token (``names.LEGACY_CLIENT_TOKEN_KEY``), which `_drop_legacy_keys` removes."""
+    assert rt.kube is not None
+    sec = await rt.kube.get("v1", "Secret", namespace, names.tokens_secret(name))
+    data = (sec or {}).get("data") or {}
+    encoded = data.get(names.REDUCER_TOKEN_KEY)
+    token = base64.b64decode(encoded).decode() if encoded else secrets.token_urlsafe(32)
+    return token, names.LEGACY_CLIENT_TOKEN_KEY in data
+
+
+async def _drop_legacy_keys(
+    rt: Runtime,
+    body: Any,
+    namespace: str,
+    name: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """Remove the shared client token an older operator left in ``<job>-tokens``.
+
+    Server-side apply would keep it: this operator never owned that key under
+    ``data`` (older versions wrote it through ``stringData``), so a merge patch
+    with ``null`` deletes it. No pod reads it any more.
+    """
     assert rt.kube is not None
     sec = names.tokens_secret(name)
-    client = await rt.kube.secret_value(namespace, sec, names.CLIENT_TOKEN_KEY)
-    reducer = await rt.kube.secret_value(namespace, sec, names.REDUCER_TOKEN_KEY)
-    return client or secrets.token_urlsafe(32), reducer or secrets.token_urlsafe(32)
+    key = names.LEGACY_CLIENT_TOKEN_KEY
+    await rt.kube.merge_patch("v1", "Secret", namespace, sec, {"data": {key: None}})
+    msg = f"removed the shared client token (key {key!r}) from Secret {sec}: clients now use "
+    msg += "per-client credentials (fedkube clients issue)"
+    logger.info(msg)
+    kopf.info(body, reason=EventReason.RECONCILED, message=msg)
 
 
 def _parse(body: Any) -> FederatedJob:
@@ -166,10 +193,8 @@ async def reconcile(
     assert rt.kube is not None and namespace is not None
     try:
         job = _parse(body)
-        client_token, reducer_token = await _tokens(rt, namespace, name)
-        children = build_children(
-            job, namespace, uid, rt.settings, client_token=client_token, reducer_token=reducer_token
-        )
+        reducer_token, legacy_client_token = await _reducer_token(rt, namespace, name)
+        children = build_children(job, namespace, uid, rt.settings, reducer_token=reducer_token)
         state = await _state_for(rt, job, namespace)
     except (SpecError, BuildError) as exc:
         kopf.warn(body, reason=EventReason.INVALID_SPEC, message=str(exc))
@@ -178,6 +203,8 @@ async def reconcile(
         raise kopf.PermanentError(str(exc)) from None
     for obj in children:
         await rt.kube.apply(obj)
+    if legacy_client_token:
+        await _drop_legacy_keys(rt, body, namespace, name, logger)
     try:
         await asyncio.to_thread(state.create_job, name, job.to_manifest())
     except FedkubeError as exc:

@@ -90,6 +90,19 @@ class Kube:
             "PATCH", path, body=obj, query=query, content_type="application/apply-patch+yaml"
         )
 
+    async def merge_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> Any:
+        """JSON merge patch (RFC 7386; ``None`` removes a key) under our field manager."""
+        path = resource_path(api_version, kind, namespace, name)
+        return await self._call(
+            "PATCH",
+            path,
+            body=patch,
+            query=[("fieldManager", FIELD_MANAGER)],
+            content_type="application/merge-patch+json",
+        )
+
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any | None:
         try:
             return await self._call("GET", resource_path(api_version, kind, namespace, name))

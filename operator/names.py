@@ -27,11 +27,16 @@ to 10, so a StatefulSet name has at most 52 characters
 (kubernetes/kubernetes#64023: a longer one is accepted but never gets a pod).
 ``check_lengths`` asserts all of this for a name.
 
-Secret keys: the operator writes ``CLIENT_TOKEN_KEY`` and ``REDUCER_TOKEN_KEY``
-into ``<job>-tokens``; the user's Secrets that the spec names hold
-``S3_CREDENTIAL_KEYS`` (``spec.storage.s3.credentialsSecret``) and
-``MONGODB_URI_KEY`` (``spec.stateStore.mongodb.uriSecret``). The pods read them
-as environment variables and the operator reads the tokens and the URI back.
+Secret keys: the operator writes ``REDUCER_TOKEN_KEY`` (the bearer token the
+reducer and the combiners share) into ``<job>-tokens``, and nothing else:
+clients have credentials of their own, issued per client with ``fedkube
+clients issue`` into the job's state store, where the combiners check them
+(``fedkube.identity``). ``LEGACY_CLIENT_TOKEN_KEY`` is the shared client token
+an older operator kept there; the operator removes it from a Secret it finds
+it in. The user's Secrets that the spec names hold ``S3_CREDENTIAL_KEYS``
+(``spec.storage.s3.credentialsSecret``) and ``MONGODB_URI_KEY``
+(``spec.stateStore.mongodb.uriSecret``). The pods read them as environment
+variables and the operator reads the reducer token and the URI back.
 """
 
 from __future__ import annotations
@@ -55,8 +60,9 @@ COMPONENT_TOKENS: Final = "tokens"
 COMPONENTS: Final = (COMPONENT_REDUCER, COMPONENT_COMBINER, COMPONENT_CONFIG, COMPONENT_TOKENS)
 
 # Keys of the Secrets (see the module docstring).
-CLIENT_TOKEN_KEY: Final = "client-token"
 REDUCER_TOKEN_KEY: Final = "reducer-token"
+# Written by operators before per-client credentials; removed when found.
+LEGACY_CLIENT_TOKEN_KEY: Final = "client-token"
 # Each key is also the name of the pods' environment variable (fedkube.store reads them).
 S3_CREDENTIAL_KEYS: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MONGODB_URI_KEY: Final = "uri"
@@ -77,7 +83,8 @@ def config_map(job: str) -> str:
 
 
 def tokens_secret(job: str) -> str:
-    """The Secret with the keys ``client-token`` and ``reducer-token`` (``*_TOKEN_KEY``)."""
+    """The Secret with the key ``reducer-token`` (``REDUCER_TOKEN_KEY``), the token the
+    reducer and the combiners share. Clients' tokens are not in it (``fedkube clients``)."""
     return f"{job}-tokens"
 
 

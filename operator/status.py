@@ -36,7 +36,7 @@ from pydantic.alias_generators import to_camel
 from fedkube.operator import names
 from fedkube.operator.builders import combiner_replicas
 from fedkube.spec import FederatedJob
-from fedkube.vocabulary import TERMINAL_PHASES, Phase
+from fedkube.vocabulary import TERMINAL_PHASES, Phase, reducer_silence
 
 # --------------------------------------------------------------------------
 # The headline metric: one rule for the status and the CRD's documentation.
@@ -253,6 +253,9 @@ class Observed:
     ready_combiners: int
     reducer_ready: bool
     error: str | None = None
+    # seconds since a Running job's reducer renewed reducer_seen_at, when longer than
+    # REDUCER_STALE_SECONDS (no reducer runs the job); None otherwise
+    reducer_silent: float | None = None
 
 
 def observe(
@@ -261,11 +264,18 @@ def observe(
     statefulset: Mapping[str, Any] | None,
     deployment: Mapping[str, Any] | None,
     error: str | None = None,
+    now: float | None = None,
 ) -> Observed:
-    """Read the job record (or None) and the workloads' ``status`` blocks (or None)."""
+    """Read the job record (or None) and the workloads' ``status`` blocks (or None);
+    `now` (Unix seconds) tells how long ago the reducer was last seen."""
     record_phase = _record_phase(record)
+    phase = _phase(job, record_phase)
+    seen = _field(record, "reducer_seen_at")
+    silent = None
+    if now is not None and isinstance(seen, int | float):
+        silent = reducer_silence(phase, float(seen), now)
     return Observed(
-        phase=_phase(job, record_phase),
+        phase=phase,
         record_phase=record_phase,
         message=str(_field(record, "message", "")),
         suspend=job.spec.suspend,
@@ -276,6 +286,7 @@ def observe(
         ready_combiners=int((statefulset or {}).get("readyReplicas") or 0),
         reducer_ready=int((deployment or {}).get("readyReplicas") or 0) >= 1,
         error=error,
+        reducer_silent=silent,
     )
 
 
@@ -295,6 +306,13 @@ def _ready(o: Observed) -> Verdict:
 
 
 def _progressing(o: Observed) -> Verdict:
+    if o.phase == Phase.RUNNING and o.reducer_silent is not None:
+        return (
+            False,
+            "ReducerNotSeen",
+            f"no reducer seen for {int(o.reducer_silent)}s (killed?); "
+            "the job resumes when a reducer starts",
+        )
     if o.phase == Phase.RUNNING:
         progress = f"round {o.current_round} of {o.rounds} ({o.completed_rounds} completed)"
         return True, "RoundsRunning", progress
@@ -418,7 +436,12 @@ def status_from(
     Optional fields without a value (latestModel, startTime, completionTime,
     headlineMetric) are None, which deletes them under a merge patch.
     """
-    observed = observe(job, record, statefulset, deployment, error)
+    at = (
+        float(now)
+        if not isinstance(now, datetime)
+        else (now if now.tzinfo is not None else now.replace(tzinfo=UTC)).timestamp()
+    )
+    observed = observe(job, record, statefulset, deployment, error, now=at)
     metrics = _metrics(record)
     started = _field(record, "started_at")
     finished = _field(record, "completed_at") if observed.phase in TERMINAL_PHASES else None

@@ -3,7 +3,7 @@
 loop.py      Reducer: run, recover, suspend, retry, one attempt, commit
 pool.py      CombinerPool: channels, template expansion, statuses, fan-out
 plan.py      round_plan: the RoundPlan of every train/validate/init attempt
-merge.py     merge_round: partials -> example-weighted mean -> server optimizer
+merge.py     merge_round: partials -> merge of the aggregator -> server optimizer
 seed.py      SeedMaker: model 0 from seedUri or a client's init task
 validate.py  Validator: client validation of committed models
 events.py    EventLog: the reducer's events in the state store

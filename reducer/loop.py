@@ -23,7 +23,7 @@ from fedkube.logs import Logger, get_logger
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.reducer.events import EventLog
 from fedkube.reducer.merge import NamedPartial, StoredModel, merge_round
-from fedkube.reducer.plan import round_plan
+from fedkube.reducer.plan import round_plan, weight_cap
 from fedkube.reducer.pool import CombinerPool, CombinerResult
 from fedkube.reducer.seed import SeedMaker
 from fedkube.reducer.validate import Validator
@@ -33,6 +33,9 @@ from fedkube.spec import FederatedJob
 from fedkube.state import ModelRecord, StateStore
 from fedkube.store import ObjectStore, model_key
 from fedkube.vocabulary import (
+    INTERRUPTED_MESSAGE,
+    REDUCER_LIVENESS_SECONDS,
+    AssignmentStatus,
     AttemptReason,
     AttemptStatus,
     EventKind,
@@ -56,6 +59,9 @@ class ReducerConfig:
     # the number of combiners is spec.combiners.replicas of the job record, read
     # again before every round, so scaling the job adds or removes combiners.
     combiner_template: str | None = None
+    # How often the reducer renews JobRecord.reducer_seen_at while it runs, so that
+    # `fedkube status` and the operator can tell a job whose reducer is gone.
+    liveness_seconds: float = REDUCER_LIVENESS_SECONDS
 
 
 @dataclass
@@ -103,13 +109,45 @@ class Reducer:
         )
         self.validator = Validator(self.job, cfg.state, self.pool, self.events, self.log)
         self._retry_floor: dict[int, int] = {}
+        self._closed = threading.Event()
+        self._liveness: threading.Thread | None = None
         cfg.workdir.mkdir(parents=True, exist_ok=True)
 
     def stop(self) -> None:
         self._stop.set()
 
     def close(self) -> None:
+        self._closed.set()
+        if self._liveness is not None:
+            self._liveness.join(timeout=10)
         self.pool.close()
+
+    # ------------------------------------------------------------ liveness
+
+    def _start_liveness(self) -> None:
+        """Renew ``reducer_seen_at`` now, then every cfg.liveness_seconds until close()."""
+        self._renew()
+        if self._liveness is None:
+            self._liveness = threading.Thread(
+                target=self._renew_loop, name="reducer-liveness", daemon=True
+            )
+            self._liveness.start()
+
+    def _renew(self) -> bool:
+        try:
+            self.state.update_job(self.name, reducer_seen_at=time.time())
+            return True
+        except Exception as exc:
+            self.log.warning("cannot renew the reducer's liveness", error=str(exc))
+            return False
+
+    def _renew_loop(self) -> None:
+        ok = True
+        while not self._closed.wait(self.cfg.liveness_seconds):
+            now_ok = self._renew()
+            if now_ok and not ok:
+                self.log.info("reducer liveness renewed again")
+            ok = now_ok
 
     def _job_spec(self) -> dict[str, Any]:
         """The spec of the job record (the operator keeps it in sync with the cluster)."""
@@ -126,6 +164,7 @@ class Reducer:
     def run(self) -> str:
         """Run the job to the end; return the final phase (Succeeded or Failed)."""
         rec = self.state.create_job(self.name, self.job.to_manifest())
+        self._start_liveness()
         if (
             rec.phase in (Phase.SUCCEEDED, Phase.FAILED)
             and rec.completed_rounds >= self.spec.rounds
@@ -186,6 +225,30 @@ class Reducer:
         else:
             self.events(EventKind.JOB_SUCCEEDED, message)
             self.log.info("job succeeded", rounds=self.spec.rounds)
+
+    def fail(self, message: str) -> bool:
+        """Record the job Failed with `message` (what ended the reducer); best effort:
+        False when the state store cannot take it (the error is logged)."""
+        try:
+            self._finish(Phase.FAILED, message)
+            return True
+        except Exception as exc:
+            self.log.error("cannot record the job as failed", error=str(exc), reason=message)
+            return False
+
+    def interrupted(self) -> None:
+        """The reducer is stopping before the job's end (SIGTERM, stop()): a Running
+        job goes back to Pending with INTERRUPTED_MESSAGE, so no phase says Running
+        without a reducer behind it; the next reducer resumes it. Best effort."""
+        try:
+            rec = self.state.get_job(self.name)
+            if rec is None or rec.phase != Phase.RUNNING:
+                return  # finished, suspended or never started: nothing claims a reducer
+            self.state.update_job(self.name, phase=Phase.PENDING, message=INTERRUPTED_MESSAGE)
+            self.events(EventKind.JOB_INTERRUPTED, f"reducer stopped: {INTERRUPTED_MESSAGE}")
+            self.log.info("job interrupted", phase=Phase.PENDING)
+        except Exception as exc:
+            self.log.warning("cannot record the interruption", error=str(exc))
 
     def _recover(self) -> int:
         """Reconcile the job record with the committed rounds after a restart."""
@@ -296,6 +359,7 @@ class Reducer:
             kind=pb.TASK_KIND_TRAIN,
             model_key=model_key(self.name, r - 1),
             timeout_seconds=self.spec.clients.round_timeout_seconds,
+            weight_cap=weight_cap(self.spec.weights, self._claims(r - 1)),
         )
         t1 = time.monotonic()
         results = self.pool.run(plan, at.quotas, self._progress_recorder(at))
@@ -307,11 +371,22 @@ class Reducer:
             self.store,
             round=r,
             attempt=attempt,
-            partials=[NamedPartial(name, p.key, p.weight) for name, p in good],
+            partials=[NamedPartial(name, p.key, p.weight, p.n_updates) for name, p in good],
             workdir=self.cfg.workdir,
         )
         at.merge_s = time.monotonic() - t2
         self._commit(at, results, [p for _, p in good], model)
+
+    def _claims(self, r: int) -> list[int]:
+        """The num_examples claimed by the accepted updates of committed round `r`."""
+        if r < 1 or self.spec.weights.max_median_multiple is None:
+            return []
+        committed = {x.attempt for x in self.state.committed_rounds(self.name) if x.round == r}
+        return [
+            u.num_examples
+            for u in self.state.list_updates(self.name, r)
+            if u.attempt in committed and u.status == AssignmentStatus.ACCEPTED
+        ]
 
     def _begin(self, r: int, attempt: int) -> _Attempt:
         """Record the attempt, wait for clients, split the quota; RoundFailed when
@@ -388,7 +463,8 @@ class Reducer:
     ) -> None:
         """Commit the attempt as round r (once only), then record model r's lineage."""
         r = at.round
-        metrics = weighted_metrics([(dict(p.metrics), float(p.num_examples)) for p in partials])
+        # Weighted as the partials are merged (claims capped by spec.weights, or counts).
+        metrics = weighted_metrics([(dict(p.metrics), p.weight) for p in partials])
         n_updates = sum(p.n_updates for p in partials)
         timings = {
             "wait_s": at.wait_s,

@@ -1,14 +1,20 @@
 """The next global model: merge the combiners' partials, then the server optimizer.
 
-Each combiner returns the example-weighted mean of its clients' updates and its
-weight (the examples behind it); their weighted mean is the flat FedAvg of every
-update (hierarchical FedAvg equals flat FedAvg). The server optimizer then acts
-on the pseudo-gradient ``aggregate - global`` (FedAvg: the aggregate itself);
-its state is stored with every round, so a restarted reducer continues exactly.
+Each combiner aggregates its clients with the job's aggregator and returns a
+partial with `weight` (for fedavg the examples behind it) and `n_updates` (the
+updates it accepted, counted by the combiner). The partials are merged by the
+merge of the aggregator (`fedkube.aggregate.partials`): fedavg takes their mean
+weighted by examples (hierarchical FedAvg equals flat FedAvg); median and
+trimmedmean take the weighted median / weighted trimmed mean of the partials
+with weights = n_updates, never the clients' claims. The server optimizer then
+acts on the pseudo-gradient ``aggregate - global`` (FedAvg: the aggregate
+itself); its state is stored with every round, so a restarted reducer
+continues exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedkube.aggregate import WeightedMean, make_server_optimizer
+from fedkube.aggregate import Partial, PartialError, make_partial_merge, make_server_optimizer
 from fedkube.errors import ModelFileError, RoundFailed
 from fedkube.model import (
     MappedModel,
@@ -43,11 +49,13 @@ class StoredModel:
 
 @dataclass(frozen=True)
 class NamedPartial:
-    """A combiner's partial aggregate: object key and weight."""
+    """A combiner's partial aggregate: object key, weight (examples, used by fedavg)
+    and the number of updates the combiner accepted (used by median and trimmedmean)."""
 
     combiner: str
     key: str
     weight: float
+    n_updates: int = 0
 
 
 def merge_round(
@@ -64,7 +72,7 @@ def merge_round(
     work = Path(tempfile.mkdtemp(prefix=f"merge-{round}-", dir=workdir))
     try:
         gpath = store.fetch(model_key(job.name, round - 1), work / "global.safetensors")
-        aggregated = _weighted_mean(job, store, gpath, partials, work)
+        aggregated = _merge_partials(job, store, gpath, partials, work)
         new_model = _server_step(job, store, round, gpath, aggregated, work)
         out = work / "model.safetensors"
         sha = save_model(out, new_model, {"round": str(round), "attempt": str(attempt)})
@@ -75,24 +83,43 @@ def merge_round(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _weighted_mean(
+def _merge_partials(
     job: FederatedJob, store: ObjectStore, gpath: Path, partials: list[NamedPartial], work: Path
 ) -> Tensors:
+    """The merge of spec.aggregator over every partial, each checked first."""
     template = read_header(gpath)
-    agg = WeightedMean(template)
-    try:
-        for p in partials:
-            ppath = store.fetch(p.key, work / f"{p.combiner}.safetensors")
+    merge = make_partial_merge(job.spec.aggregator, template)
+    with contextlib.ExitStack() as stack:
+        opened = [_open_partial(job, store, p, work, stack) for p in partials]
+        for p in opened:
             try:
-                with MappedModel(ppath, max_bytes=job.spec.model.max_bytes) as mm:
-                    check_compatible(template, mm.header)
-                    check_finite(mm)
-                    agg.add(mm, p.weight)
+                check_compatible(template, p.model.header)
+                check_finite(p.model)
             except ModelFileError as exc:
-                raise RoundFailed(f"partial of combiner {p.combiner} is invalid: {exc}") from None
-        return agg.result()
-    finally:
-        agg.close()
+                raise RoundFailed(f"partial of combiner {p.name} is invalid: {exc}") from None
+        try:
+            return merge.merge(opened)
+        except PartialError as exc:
+            raise RoundFailed(f"partial of combiner {exc.name} is invalid: {exc.problem}") from None
+        except ValueError as exc:
+            raise RoundFailed(
+                f"cannot merge the partials ({job.spec.aggregator.name}): {exc}"
+            ) from None
+
+
+def _open_partial(
+    job: FederatedJob,
+    store: ObjectStore,
+    p: NamedPartial,
+    work: Path,
+    stack: contextlib.ExitStack,
+) -> Partial:
+    ppath = store.fetch(p.key, work / f"{p.combiner}.safetensors")
+    try:
+        mm = stack.enter_context(MappedModel(ppath, max_bytes=job.spec.model.max_bytes))
+    except ModelFileError as exc:
+        raise RoundFailed(f"partial of combiner {p.combiner} is invalid: {exc}") from None
+    return Partial(name=p.combiner, model=mm, weight=p.weight, n_updates=p.n_updates)
 
 
 def _server_step(

@@ -20,11 +20,23 @@ from fedkube.model import MappedModel, check_finite, read_header, sha256_file
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.reducer.events import EventLog
 from fedkube.reducer.plan import round_plan
-from fedkube.reducer.pool import CombinerPool
+from fedkube.reducer.pool import CombinerPool, CombinerResult
 from fedkube.spec import FederatedJob
 from fedkube.state import ModelRecord, StateStore
 from fedkube.store import ObjectStore, model_key
 from fedkube.vocabulary import EventKind
+
+#: combiner events that say why a client's task gave no result
+CLIENT_FAILURES = (
+    EventKind.TRAIN_FAILED,
+    EventKind.UPDATE_REJECTED,
+    EventKind.UPDATE_FAILED,
+    EventKind.CLIENT_LOST,
+    EventKind.TASK_TIMED_OUT,
+)
+#: how long to wait for the combiner's event about a failed init task (it is
+#: written asynchronously, possibly just after the combiner returned its result)
+EVENT_WAIT_SECONDS = 3.0
 
 
 class SeedMaker:
@@ -94,6 +106,7 @@ class SeedMaker:
     def _by_client(self, key: str) -> None:
         """Ask one connected client to create the seed model (an init task)."""
         spec = self.job.spec
+        reason = ""
         for attempt in range(1, spec.retry.max_attempts + 1):
             reason = self._init_attempt(key, attempt)
             if not reason:
@@ -104,7 +117,7 @@ class SeedMaker:
             self.log.warning("seed model not created", attempt=attempt, reason=reason)
         raise RoundFailed(
             f"the seed model could not be created by a client (spec.model.initFn/initCommand) "
-            f"after {spec.retry.max_attempts} attempts"
+            f"after {spec.retry.max_attempts} attempts: {reason}"
         )
 
     def _init_attempt(self, key: str, attempt: int) -> str:
@@ -114,7 +127,8 @@ class SeedMaker:
         )
         live = sorted(n for n, k in connected.items() if k > 0)
         if not live:
-            return "no client connected to create the seed model"
+            return self._nobody_connected()
+        seen = self._last_event_seq()
         plan = round_plan(
             self.job,
             round=0,
@@ -126,4 +140,54 @@ class SeedMaker:
         results = self.pool.run(plan, {live[0]: 1})
         if any(r.partial is not None and r.partial.n_updates == 1 for r in results):
             return ""
-        return "; ".join(r.error for r in results if r.error) or "the client failed"
+        return self._why_failed(results, seen)
+
+    # ------------------------------------------------------------ why not
+
+    def _nobody_connected(self) -> str:
+        """No client is connected: say whether any ever was (and left)."""
+        why = "no client connected to create the seed model"
+        try:
+            gone = [c.client for c in self.state.list_clients(self.job.name)]
+        except FedkubeError:
+            return why
+        if not gone:
+            return f"{why} (none has connected yet)"
+        shown = ", ".join(gone[:5]) + (f" and {len(gone) - 5} more" if len(gone) > 5 else "")
+        return f"{why} ({len(gone)} connected earlier and left: {shown})"
+
+    def _last_event_seq(self) -> int:
+        try:
+            events = self.state.list_events(self.job.name)
+        except FedkubeError:
+            return 0
+        return events[-1].seq if events else 0
+
+    def _client_errors(self, since_seq: int) -> list[str]:
+        """The combiners' events about clients whose init task gave no result."""
+        deadline = time.monotonic() + EVENT_WAIT_SECONDS
+        while True:
+            try:
+                found = [
+                    e.message
+                    for e in self.state.list_events(self.job.name, since_seq=since_seq)
+                    if e.round == 0 and e.client and e.kind in CLIENT_FAILURES
+                ]
+            except FedkubeError:
+                found = []
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    def _why_failed(self, results: list[CombinerResult], since_seq: int) -> str:
+        """'clients connected but failed' (with the client's own error), not 'no client'."""
+        failed = sum(r.partial.failed + r.partial.rejected for r in results if r.partial)
+        errors = self._client_errors(since_seq) if failed else []
+        if len(errors) > 1:
+            n = len(errors)
+            return f"{n} clients connected but failed the init task, the last: {errors[-1]}"
+        if errors:
+            return f"a client connected but failed the init task: {errors[-1]}"
+        if failed:
+            return f"{failed} client(s) connected but failed the init task"
+        return "; ".join(r.error for r in results if r.error) or "the client sent no seed model"

@@ -13,6 +13,17 @@ from fedkube.aggregate.mean import WeightedMean
 from fedkube.aggregate.median import CoordinateMedian
 from fedkube.aggregate.optim import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
 from fedkube.aggregate.optim._adaptive import AdaptiveOptimizer
+from fedkube.aggregate.partials import (
+    MeanOfPartials,
+    MedianOfPartials,
+    Partial,
+    PartialError,
+    PartialMerge,
+    TrimmedMeanOfPartials,
+    make_partial_merge,
+    weighted_median,
+    weighted_trimmed_mean,
+)
 from fedkube.aggregate.trimmed_mean import TrimmedMean
 from fedkube.model import ModelHeader
 from fedkube.spec import (
@@ -36,12 +47,21 @@ __all__ = [
     "FedAvg",
     "FedAvgM",
     "FedYogi",
+    "MeanOfPartials",
+    "MedianOfPartials",
+    "Partial",
+    "PartialError",
+    "PartialMerge",
     "ServerOptimizer",
     "Tensors",
     "TrimmedMean",
+    "TrimmedMeanOfPartials",
     "WeightedMean",
     "make_aggregator",
+    "make_partial_merge",
     "make_server_optimizer",
+    "weighted_median",
+    "weighted_trimmed_mean",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from fedkube.state.base import (
     ClientRecord,
+    CredentialRecord,
     EventRecord,
     JobRecord,
     ModelRecord,
@@ -13,6 +14,7 @@ from fedkube.state.factory import open_state_store
 
 __all__ = [
     "ClientRecord",
+    "CredentialRecord",
     "EventRecord",
     "JobRecord",
     "ModelRecord",

@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedkube.errors import StateError
+from fedkube.identity import check_client_id, new_token, token_digest, token_id
 from fedkube.vocabulary import AttemptStatus, ClientStatus, Phase
 
-#: the version of the stored layout (tables, collections) this fedkube reads and writes
-SCHEMA_VERSION = 1
+#: the version of the stored layout (tables, collections) this fedkube reads and writes.
+#: 2 added client credentials, ``UpdateRecord.weight`` and ``JobRecord.reducer_seen_at``;
+#: a version-1 store is upgraded in place when opened.
+SCHEMA_VERSION = 2
 #: the MongoDB database of a store whose URI names none
 DEFAULT_DATABASE = "fedkube"
 
@@ -48,6 +51,8 @@ class JobRecord:
     completed_rounds: int = 0
     latest_model: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: when the job's reducer last renewed its liveness (Unix seconds; None: never)
+    reducer_seen_at: float | None = None
 
 
 @dataclass
@@ -78,10 +83,11 @@ class UpdateRecord:
     client: str
     combiner: str
     status: str  # AssignmentStatus: accepted | rejected | failed
-    num_examples: int = 0
+    num_examples: int = 0  # what the client claimed
     reason: str = ""
     sha256: str = ""
     at: float = 0.0
+    weight: float = 0.0  # what the update counted for (num_examples after spec.weights)
 
 
 @dataclass
@@ -106,6 +112,24 @@ class ClientRecord:
     status: str = ClientStatus.CONNECTED
     last_seen: float = 0.0
     participations: int = 0
+
+
+@dataclass
+class CredentialRecord:
+    """A client's credential: the sha256 of its bearer token, never the token.
+
+    Issued by ``fedkube clients issue`` (or `fedkube run` for its simulated
+    clients); a combiner accepts a client's calls only with a token whose digest
+    is recorded for that client and not revoked (`fedkube.identity`).
+    """
+
+    job: str
+    client: str
+    token_id: str  # the first characters of the digest: how `fedkube clients` names it
+    digest: str  # sha256 hex of the token
+    issued_at: float = 0.0
+    revoked_at: float | None = None
+    note: str = ""
 
 
 @dataclass
@@ -298,6 +322,34 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def list_clients(self, job: str) -> list[ClientRecord]: ...
+
+    # ---- credentials
+    @abc.abstractmethod
+    def add_credential(self, rec: CredentialRecord) -> None:
+        """Record a newly issued credential (its token_id is unique per job)."""
+
+    @abc.abstractmethod
+    def list_credentials(self, job: str) -> list[CredentialRecord]:
+        """Every credential of the job, revoked ones too, sorted by (client, issued_at)."""
+
+    def issue_credential(
+        self, job: str, client: str, note: str = ""
+    ) -> tuple[str, CredentialRecord]:
+        """A new token for `client` of `job`: its digest is recorded, the token itself
+        is returned to show once. ValueError for an invalid client id."""
+        check_client_id(client)
+        token = new_token()
+        digest = token_digest(token)
+        rec = CredentialRecord(job, client, token_id(digest), digest, now(), None, note)
+        self.add_credential(rec)
+        return token, rec
+
+    @abc.abstractmethod
+    def revoke_credentials(
+        self, job: str, client: str, token_id: str | None = None, *, at: float | None = None
+    ) -> int:
+        """Revoke the client's credentials (only `token_id` when given); return how
+        many were revoked now (already revoked ones do not count)."""
 
     # ---- models
     @abc.abstractmethod

@@ -53,6 +53,7 @@ from fedkube.state.base import (
     JOB_JSON_FIELDS,
     SCHEMA_VERSION,
     ClientRecord,
+    CredentialRecord,
     EventRecord,
     JobRecord,
     ModelRecord,
@@ -177,6 +178,7 @@ class MongoStateStore(StateStore):
         self._clients: Collection[Doc] = db["clients"]
         self._models: Collection[Doc] = db["models"]
         self._commits: Collection[Doc] = db["commits"]
+        self._credentials: Collection[Doc] = db["credentials"]
         self._meta: Collection[Doc] = db["meta"]
         self._ready = False
         self._init_lock = threading.Lock()
@@ -228,6 +230,10 @@ class MongoStateStore(StateStore):
                 self._clients.create_index([("job", ASCENDING), ("client", ASCENDING)], unique=True)
                 self._models.create_index([("job", ASCENDING), ("round", ASCENDING)], unique=True)
                 self._commits.create_index([("job", ASCENDING), ("round", ASCENDING)], unique=True)
+                self._credentials.create_index(
+                    [("job", ASCENDING), ("token_id", ASCENDING)], unique=True
+                )
+                self._credentials.create_index([("digest", ASCENDING)], unique=True)
             with self._errors("check schema version"):
                 with contextlib.suppress(DuplicateKeyError):
                     self._meta.update_one(
@@ -238,6 +244,14 @@ class MongoStateStore(StateStore):
                 doc = self._meta.find_one({"_id": "schema"})
             version = int((doc or {}).get("version", SCHEMA_VERSION))
             check_schema_version(f"{self.uri} (database {self.database})", version)
+            if version < SCHEMA_VERSION:
+                # Version 2 added fields with defaults (read as such from older
+                # documents) and the credentials collection: nothing to rewrite.
+                with self._errors("upgrade schema version"):
+                    self._meta.update_one(
+                        {"_id": "schema", "version": {"$lt": SCHEMA_VERSION}},
+                        {"$set": {"version": SCHEMA_VERSION}},
+                    )
             self._ready = True
 
     def _upsert(self, coll: Collection[Doc], flt: Doc, update: Doc) -> None:
@@ -530,6 +544,34 @@ class MongoStateStore(StateStore):
         with self._errors(f"list clients of job {job!r}"):
             docs = list(self._clients.find({"job": job}).sort("client", ASCENDING))
         return [ClientRecord(**_strip_id(d)) for d in docs]
+
+    # ---- credentials
+    def add_credential(self, rec: CredentialRecord) -> None:
+        self._init()
+        doc = _doc(rec, issued_at=rec.issued_at or now())
+        with self._errors(f"add credential of client {rec.client!r}"):
+            self._credentials.insert_one(doc)
+
+    def list_credentials(self, job: str) -> list[CredentialRecord]:
+        self._init()
+        with self._errors(f"list credentials of job {job!r}"):
+            docs = list(
+                self._credentials.find({"job": job}).sort(
+                    [("client", ASCENDING), ("issued_at", ASCENDING)]
+                )
+            )
+        return [CredentialRecord(**_strip_id(d)) for d in docs]
+
+    def revoke_credentials(
+        self, job: str, client: str, token_id: str | None = None, *, at: float | None = None
+    ) -> int:
+        self._init()
+        flt: Doc = {"job": job, "client": client, "revoked_at": None}
+        if token_id is not None:
+            flt["token_id"] = token_id
+        with self._errors(f"revoke credentials of client {client!r}"):
+            res = self._credentials.update_many(flt, {"$set": {"revoked_at": at or now()}})
+        return int(res.modified_count)
 
     # ---- models
     def add_model(self, rec: ModelRecord) -> None:

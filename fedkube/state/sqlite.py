@@ -24,6 +24,7 @@ from fedkube.state.base import (
     JOB_JSON_FIELDS,
     SCHEMA_VERSION,
     ClientRecord,
+    CredentialRecord,
     EventRecord,
     JobRecord,
     ModelRecord,
@@ -55,7 +56,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     current_round INTEGER NOT NULL DEFAULT 0,
     completed_rounds INTEGER NOT NULL DEFAULT 0,
     latest_model TEXT,
-    metrics TEXT NOT NULL DEFAULT '{}'
+    metrics TEXT NOT NULL DEFAULT '{}',
+    reducer_seen_at REAL
 );
 CREATE TABLE IF NOT EXISTS rounds (
     job TEXT NOT NULL,
@@ -89,7 +91,18 @@ CREATE TABLE IF NOT EXISTS updates (
     reason TEXT NOT NULL DEFAULT '',
     sha256 TEXT NOT NULL DEFAULT '',
     at REAL NOT NULL,
+    weight REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (job, round, attempt, client)
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    job TEXT NOT NULL,
+    client TEXT NOT NULL,
+    token_id TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    issued_at REAL NOT NULL,
+    revoked_at REAL,
+    note TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job, token_id)
 );
 CREATE TABLE IF NOT EXISTS events (
     job TEXT NOT NULL,
@@ -126,6 +139,23 @@ CREATE TABLE IF NOT EXISTS models (
 """
 
 _ROUND_JSON = frozenset({"metrics", "validation", "timings", "participants", "combiners"})
+
+
+#: columns schema version 2 added to tables a version-1 store already has
+_V2_COLUMNS = {
+    "jobs": ("reducer_seen_at", "REAL"),
+    "updates": ("weight", "REAL NOT NULL DEFAULT 0"),
+}
+
+
+def _migrate(c: sqlite3.Connection) -> None:
+    """Upgrade an older store in place (inside the setup transaction); the new
+    tables were already created by the schema's CREATE TABLE IF NOT EXISTS."""
+    for table, (column, decl) in _V2_COLUMNS.items():
+        have = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    c.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
 def _plain(row: sqlite3.Row) -> dict[str, Any]:
@@ -207,7 +237,8 @@ class SqliteStateStore(StateStore):
                 c.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             else:
                 check_schema_version(self.uri, version)
-            # version < SCHEMA_VERSION: future migrations go here.
+                if version < SCHEMA_VERSION:
+                    _migrate(c)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -404,7 +435,8 @@ class SqliteStateStore(StateStore):
         with self._tx() as c:
             cur = c.execute(
                 "INSERT OR IGNORE INTO updates (job, round, attempt, client, combiner, status,"
-                " num_examples, reason, sha256, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " num_examples, reason, sha256, at, weight)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rec.job,
                     rec.round,
@@ -416,6 +448,7 @@ class SqliteStateStore(StateStore):
                     rec.reason,
                     rec.sha256,
                     rec.at or now(),
+                    rec.weight,
                 ),
             )
             return cur.rowcount == 1
@@ -490,6 +523,40 @@ class SqliteStateStore(StateStore):
     def list_clients(self, job: str) -> list[ClientRecord]:
         rows = self._query("SELECT * FROM clients WHERE job = ? ORDER BY client", (job,))
         return [ClientRecord(**_plain(r)) for r in rows]
+
+    # ---- credentials
+    def add_credential(self, rec: CredentialRecord) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO credentials (job, client, token_id, digest, issued_at, revoked_at,"
+                " note) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.job,
+                    rec.client,
+                    rec.token_id,
+                    rec.digest,
+                    rec.issued_at or now(),
+                    rec.revoked_at,
+                    rec.note,
+                ),
+            )
+
+    def list_credentials(self, job: str) -> list[CredentialRecord]:
+        rows = self._query(
+            "SELECT * FROM credentials WHERE job = ? ORDER BY client, issued_at", (job,)
+        )
+        return [CredentialRecord(**_plain(r)) for r in rows]
+
+    def revoke_credentials(
+        self, job: str, client: str, token_id: str | None = None, *, at: float | None = None
+    ) -> int:
+        sql = "UPDATE credentials SET revoked_at = ? WHERE job = ? AND client = ?"
+        params: tuple[Any, ...] = (at or now(), job, client)
+        if token_id is not None:
+            sql += " AND token_id = ?"
+            params += (token_id,)
+        with self._tx() as c:
+            return c.execute(sql + " AND revoked_at IS NULL", params).rowcount
 
     # ---- models
     def add_model(self, rec: ModelRecord) -> None:

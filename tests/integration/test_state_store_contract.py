@@ -11,6 +11,7 @@ afterwards). The `backend` fixture is parametrized over BACKEND_PARAMS;
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 import threading
@@ -383,6 +384,40 @@ def test_record_update_duplicate_returns_false(store: StateStore) -> None:
     assert len(store.list_updates("j")) == 3
 
 
+def test_update_weight_roundtrips(store: StateStore) -> None:
+    rec = _update("c1", num_examples=10**12)
+    rec.weight = 20.0
+    assert store.record_update(rec)
+    (u,) = store.list_updates("j")
+    assert (u.num_examples, u.weight) == (10**12, 20.0)
+
+
+def test_credentials_issue_list_revoke(store: StateStore) -> None:
+    t1, r1 = store.issue_credential("j", "site-1", "first")
+    t2, r2 = store.issue_credential("j", "site-1")
+    t3, _ = store.issue_credential("j", "site-2")
+    store.issue_credential("other", "site-1")
+    assert len({t1, t2, t3}) == 3 and all(t.startswith("fkc_") for t in (t1, t2, t3))
+    recs = store.list_credentials("j")
+    assert [(r.client, r.token_id) for r in recs] == [
+        ("site-1", r1.token_id),
+        ("site-1", r2.token_id),
+        ("site-2", recs[2].token_id),
+    ]
+    assert all(t1 not in (r.digest, r.token_id) for r in recs)  # only digests are stored
+    assert recs[0].note == "first" and recs[0].issued_at > 0 and recs[0].revoked_at is None
+    assert store.revoke_credentials("j", "site-1", r1.token_id) == 1
+    assert store.revoke_credentials("j", "site-1", r1.token_id) == 0  # already revoked
+    live = [r.token_id for r in store.list_credentials("j") if r.revoked_at is None]
+    assert live == [r2.token_id, recs[2].token_id]
+    assert store.revoke_credentials("j", "site-1") == 1
+    assert store.revoke_credentials("j", "nobody") == 0
+    assert [r.client for r in store.list_credentials("j") if r.revoked_at is None] == ["site-2"]
+    assert len(store.list_credentials("other")) == 1
+    with pytest.raises(ValueError, match="client id"):
+        store.issue_credential("j", "two words")
+
+
 def test_list_updates_sorted_and_filtered(store: StateStore) -> None:
     recs = [
         _update("c2", round=2),
@@ -675,6 +710,30 @@ def test_sqlite_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StateError, match="schema version"):
         SqliteStateStore(path)
+
+
+def test_sqlite_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with contextlib.closing(SqliteStateStore(path)) as st:
+        st.create_job("j", {"spec": {}})
+        st.record_update(_update("c1", num_examples=10))
+    conn = sqlite3.connect(path)  # back to the layout of schema version 1
+    conn.execute("ALTER TABLE updates DROP COLUMN weight")
+    conn.execute("ALTER TABLE jobs DROP COLUMN reducer_seen_at")
+    conn.execute("DROP TABLE credentials")
+    conn.execute("UPDATE schema_version SET version = 1")
+    conn.commit()
+    conn.close()
+    with contextlib.closing(SqliteStateStore(path)) as st:
+        (u,) = st.list_updates("j")
+        assert (u.client, u.num_examples, u.weight) == ("c1", 10, 0.0)
+        job = st.get_job("j")
+        assert job is not None and job.reducer_seen_at is None
+        st.issue_credential("j", "site-1")
+        assert [r.client for r in st.list_credentials("j")] == ["site-1"]
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
 
 
 def test_sqlite_closed_store_raises_state_error(tmp_path: Path) -> None:

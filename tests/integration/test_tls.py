@@ -38,8 +38,8 @@ from fedkube.vocabulary import Phase
 from tests.support import toy_task
 from tests.support.certs import CertSet, make_certs
 from tests.support.combiner import (
-    CLIENT_TOKEN,
     REDUCER_TOKEN,
+    UNKNOWN_CLIENT_TOKEN,
     CombinerHarness,
     FakeClient,
     seed_model,
@@ -118,7 +118,7 @@ def load_stored(comb: CombinerHarness, key: str) -> dict[str, np.ndarray]:
 
 def connect_error(address: str, tls: ClientTLS | None) -> grpc.RpcError:
     """Connect (client side) must fail; return the error."""
-    c = FakeClient(address, "intruder", CLIENT_TOKEN, tls)
+    c = FakeClient(address, "intruder", UNKNOWN_CLIENT_TOKEN, tls)
     try:
         with pytest.raises(grpc.RpcError) as info:
             c.next_task(timeout=20)
@@ -179,7 +179,8 @@ def test_tls_round_and_control_plane(tls_comb):
     assert st.connected == 1
     # The bearer tokens still apply on top of TLS.
     with pytest.raises(grpc.RpcError) as info:
-        tls_comb.control.Status(pb.StatusRequest(), metadata=bearer(CLIENT_TOKEN), timeout=10)
+        md = bearer(tls_comb.token_for("c1"))
+        tls_comb.control.Status(pb.StatusRequest(), metadata=md, timeout=10)
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -243,7 +244,7 @@ def test_client_runtime_over_tls(tls_comb, certs, tmp_path):
             address=tls_comb.address,
             client_id="rt-0",
             job="toy",
-            token=CLIENT_TOKEN,
+            token=tls_comb.token_for("rt-0"),
             workdir=tmp_path / "client",
             tls=trusting(certs, server_name="localhost"),
             max_tasks=1,
@@ -280,7 +281,7 @@ def test_whole_job_over_mtls(mtls_comb, certs, tmp_path):
                 address=mtls_comb.address,
                 client_id=f"rt-{i}",
                 job="toy",
-                token=CLIENT_TOKEN,
+                token=mtls_comb.token_for(f"rt-{i}"),
                 workdir=tmp_path / f"client-{i}",
                 tls=with_client_cert(certs),
                 client_index=i,
@@ -342,7 +343,7 @@ spec:
 def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        CLIENT_TOKEN_ENV: CLIENT_TOKEN,
+        CLIENT_TOKEN_ENV: UNKNOWN_CLIENT_TOKEN,
         REDUCER_TOKEN_ENV: REDUCER_TOKEN,
         "COLUMNS": "300",
     }

@@ -7,6 +7,7 @@ runner starts the processes the operator's Deployment and StatefulSet describe.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 from fedkube.state import open_state_store
+from fedkube.vocabulary import EventKind
 from tests.support.k8s import K8s, wait_for
 
 pytestmark = pytest.mark.slow
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "charts" / "fedkube" / "crds" / "federatedjobs.fedkube.dev.yaml"
 EXAMPLE = ROOT / "examples" / "mnist" / "federatedjob.yaml"
+FEDKUBE = (sys.executable, "-P", "-m", "fedkube")
 
 
 @pytest.fixture(scope="session")
@@ -252,6 +255,10 @@ def test_operator_children_scale_suspend_restart_and_delete(
     sts = children[("statefulset", "mnist-combiner")]
     cc = sts["spec"]["template"]["spec"]["containers"][0]
     assert cc["command"][:2] == ["fedkube", "combiner"] and "$(POD_NAME)" in cc["command"]
+    assert "FEDKUBE_CLIENT_TOKEN" not in {e["name"] for e in cc["env"]}
+    assert "FEDKUBE_CLIENT_TOKEN" not in env
+    # the Secret holds the reducer token only: clients have per-client credentials
+    assert set(children[("secret", "mnist-tokens")]["data"]) == {"reducer-token"}
     assert cc["ports"][0]["containerPort"] == 7070
     assert cc["readinessProbe"]["tcpSocket"]["port"] == 7070
     assert sts["spec"]["replicas"] == 2 and sts["spec"]["serviceName"] == "mnist-combiner"
@@ -355,6 +362,168 @@ def test_invalid_job_for_kubernetes_gets_an_event(k8s, namespace, operator):
     assert get(k8s, namespace, "statefulset", "mnist-combiner") is None
 
 
+def wait_ready_combiners(k8s: K8s, ns: str, n: int) -> None:
+    wait_for(
+        lambda: (
+            (get(k8s, ns, "fedjob", "mnist") or {})
+            .get("status", {})
+            .get("combiners", {})
+            .get("ready")
+            == n
+        ),
+        90,
+        f"{n} ready combiners",
+    )
+
+
+def issue_token(state_uri: str, job: str, client: str) -> str:
+    """`fedkube clients issue` against the job's state store: the token, printed once."""
+    proc = subprocess.run(
+        [*FEDKUBE, "clients", "issue", job, client, "--state", state_uri],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"for client {client!r}" in proc.stderr, proc.stderr
+    token = proc.stdout.strip()
+    assert token.startswith("fkc_") and "\n" not in token, proc.stdout
+    return token
+
+
+def start_client(
+    run_dir: Path, addr: str, client: str, token: str, *args: str
+) -> subprocess.Popen[bytes]:
+    """`fedkube client --client-id CLIENT` with `token` as its `FEDKUBE_CLIENT_TOKEN`;
+    output in run_dir/client.log, work files in run_dir/work."""
+    env = {
+        **os.environ,
+        "FEDKUBE_CLIENT_TOKEN": token,
+        "PYTHONSAFEPATH": "1",
+        "GRPC_DNS_RESOLVER": "native",  # see tests/support/podrunner.py
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = open(run_dir / "client.log", "ab")  # noqa: SIM115 - the process owns it
+    argv = [*FEDKUBE, "client", "--connect", addr, "--client-id", client]
+    return subprocess.Popen(
+        [*argv, "--workdir", str(run_dir / "work"), *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def stop_clients(clients: list[subprocess.Popen[bytes]]) -> None:
+    for p in clients:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in clients:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def log_tail(run_dir: Path) -> str:
+    return (run_dir / "client.log").read_text(errors="replace")[-2000:]
+
+
+def log_messages(run_dir: Path) -> list[str]:
+    """The ``msg`` of every JSON log line of the client started in `run_dir`."""
+    out = []
+    for line in (run_dir / "client.log").read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line).get("msg", ""))
+        except (ValueError, AttributeError):
+            continue
+    return out
+
+
+def test_clients_prove_their_id_and_an_old_shared_client_token_is_removed(
+    k8s, namespace, operator, pod_runner, s3_server, s3_bucket, mongo_uri, tmp_path
+):
+    """Per-client credentials on the cluster (no torch: the clients never train).
+
+    The Secret an older operator made held a shared client token next to the
+    reducer token; this operator keeps the reducer token and drops the other key.
+    A client connecting as site-0 with site-1's (valid) credential is refused
+    with PERMISSION_DENIED and recorded, while site-0, with its own, stays
+    connected.
+    """
+    ns = namespace
+    secrets(k8s, ns, s3_server, mongo_uri)
+    legacy = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "mnist-tokens"},
+        "type": "Opaque",
+        "stringData": {"client-token": "old-shared-token", "reducer-token": "old-reducer-token"},
+    }
+    k8s.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=fedkube-operator",
+        "-f",
+        "-",
+        input=json.dumps(legacy),
+        namespace=ns,
+    )
+    k8s.apply(job_for(s3_server, s3_bucket), namespace=ns)
+    wait_children(k8s, ns, operator)
+
+    def secret_data() -> dict[str, str]:
+        return (get(k8s, ns, "secret", "mnist-tokens") or {}).get("data") or {}
+
+    try:
+        wait_for(lambda: set(secret_data()) == {"reducer-token"}, 30, "the old key to go")
+    except Exception:
+        keys = sorted(secret_data())
+        raise AssertionError(f"Secret keys {keys}; operator:\n{operator.log()}") from None
+    assert base64.b64decode(secret_data()["reducer-token"]).decode() == "old-reducer-token"
+
+    wait_ready_combiners(k8s, ns, 2)
+    tokens = {c: issue_token(mongo_uri, "mnist", c) for c in ("site-0", "site-1")}
+    addr = f"mnist-combiner-0.mnist-combiner.{ns}.svc:7070"
+    # no model code needed: the clients only connect (a task would fail, harmlessly)
+    no_code = ("--job", "mnist", "--train-cmd", "false")
+    honest_dir, impostor_dir = tmp_path / "honest", tmp_path / "impostor"
+    honest = start_client(honest_dir, addr, "site-0", tokens["site-0"], *no_code)
+    clients = [honest]
+    try:
+        wait_for(
+            lambda: "connected" in log_messages(honest_dir) or honest.poll() is not None,
+            60,
+            "site-0 to connect with its own credential",
+        )
+        assert honest.poll() is None, log_tail(honest_dir)
+        # site-1's credential is valid, but not for site-0
+        impostor = start_client(impostor_dir, addr, "site-0", tokens["site-1"], *no_code)
+        clients.append(impostor)
+        impostor.wait(60)
+        out = log_tail(impostor_dir)
+        assert impostor.returncode == 3, out
+        assert "PERMISSION_DENIED" in out and "issued to client 'site-1', not 'site-0'" in out
+        # the honest stream was not displaced
+        assert honest.poll() is None, log_tail(honest_dir)
+        assert "connection refused" not in log_messages(honest_dir)
+        state = open_state_store(mongo_uri)
+        try:
+            wait_for(
+                lambda: any(e.kind == EventKind.IMPERSONATION for e in state.list_events("mnist")),
+                30,
+                "an Impersonation event",
+            )
+            ev = next(e for e in state.list_events("mnist") if e.kind == EventKind.IMPERSONATION)
+            assert "'site-0'" in ev.message and "'site-1'" in ev.message, ev.message
+        finally:
+            state.close()
+    finally:
+        stop_clients(clients)
+
+
 @pytest.mark.torch
 def test_end_to_end_mnist_on_the_cluster(
     k8s, namespace, operator, pod_runner, s3_server, s3_bucket, mongo_uri, tmp_path
@@ -366,62 +535,30 @@ def test_end_to_end_mnist_on_the_cluster(
     m["spec"]["clients"].update(perRound=4, minUpdates=4)
     m["spec"]["clients"]["simulation"] = {"clients": 4}
     k8s.apply(m, namespace=ns)
-    wait_children(k8s, ns, operator)
-    wait_for(
-        lambda: (
-            (get(k8s, ns, "fedjob", "mnist") or {})
-            .get("status", {})
-            .get("combiners", {})
-            .get("ready")
-            == 2
-        ),
-        90,
-        "2 ready combiners",
-    )
-    token = k8s.kubectl(
-        "get", "secret", "mnist-tokens", "-o", "jsonpath={.data.client-token}", namespace=ns
-    ).stdout
-    import base64
-
-    env = {
-        **os.environ,
-        "FEDKUBE_CLIENT_TOKEN": base64.b64decode(token).decode(),
-        "PYTHONSAFEPATH": "1",
-        "GRPC_DNS_RESOLVER": "native",  # see tests/support/podrunner.py
-    }
+    children = wait_children(k8s, ns, operator)
+    assert set(children[("secret", "mnist-tokens")]["data"]) == {"reducer-token"}
+    wait_ready_combiners(k8s, ns, 2)
+    # one credential per client, in the job's state store where the combiners look
+    tokens = {f"site-{i}": issue_token(mongo_uri, "mnist", f"site-{i}") for i in range(4)}
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(m))
     clients = []
     for i in range(4):
         addr = f"mnist-combiner-{i % 2}.mnist-combiner.{ns}.svc:7070"
-        log = open(tmp_path / f"client-{i}.log", "ab")  # noqa: SIM115
         clients.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-P",
-                    "-m",
-                    "fedkube",
-                    "client",
-                    "--connect",
-                    addr,
-                    "--job",
-                    str(job_file),
-                    "--job-dir",
-                    str(ROOT / "examples" / "mnist"),
-                    "--client-id",
-                    f"site-{i}",
-                    "--client-index",
-                    str(i),
-                    "--num-clients",
-                    "4",
-                    "--workdir",
-                    str(tmp_path / f"client-{i}"),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
+            start_client(
+                tmp_path / f"client-{i}",
+                addr,
+                f"site-{i}",
+                tokens[f"site-{i}"],
+                "--job",
+                str(job_file),
+                "--job-dir",
+                str(ROOT / "examples" / "mnist"),
+                "--client-index",
+                str(i),
+                "--num-clients",
+                "4",
             )
         )
     try:
@@ -468,14 +605,7 @@ def test_end_to_end_mnist_on_the_cluster(
             "its children to be collected",
         )
     finally:
-        for p in clients:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in clients:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_clients(clients)
 
 
 def _reducer_pod(k8s: K8s, ns: str) -> str:

@@ -22,7 +22,8 @@ from fedkube.state import open_state_store
 from fedkube.store import model_key, open_object_store
 from fedkube.vocabulary import Reason
 
-CLIENT_TOKEN = "client-secret-token"
+#: a token of the client-token form that no job ever issued
+UNKNOWN_CLIENT_TOKEN = "fkc_" + "x" * 43
 REDUCER_TOKEN = "reducer-secret-token"
 
 
@@ -41,7 +42,7 @@ class FakeClient:
         self,
         address: str,
         client_id: str,
-        token: str | None = CLIENT_TOKEN,
+        token: str | None,
         tls: ClientTLS | None = None,
     ) -> None:
         self.client_id = client_id
@@ -112,7 +113,7 @@ class CombinerHarness:
         tmp: Path,
         *,
         max_bytes: int = 10_000_000,
-        heartbeat: float = 5.0,
+        heartbeat: int = 5,
         tls: ServerTLS | None = None,
         client_tls: ClientTLS | None = None,
     ) -> None:
@@ -152,6 +153,7 @@ class CombinerHarness:
         self.control_channel = _channel(self.address, client_tls)
         self.control = pb_grpc.CombinerControlStub(self.control_channel)
         self.clients: list[FakeClient] = []
+        self._tokens: dict[str, str] = {}
 
     def _serve(self, port_file: Path) -> None:
         asyncio.set_event_loop(self.loop)
@@ -164,7 +166,6 @@ class CombinerHarness:
                 store=self.store,
                 state=self.state,
                 listen="127.0.0.1:0",
-                client_token=CLIENT_TOKEN,
                 reducer_token=REDUCER_TOKEN,
                 workdir=self.tmp / "combiner",
                 tls=self.tls,
@@ -174,10 +175,19 @@ class CombinerHarness:
 
         self.loop.run_until_complete(main())
 
+    def token_for(self, cid: str) -> str:
+        """The token of client `cid`, issued into the job's credentials on first use."""
+        if cid not in self._tokens:
+            self._tokens[cid] = self.state.issue_credential("toy", cid)[0]
+        return self._tokens[cid]
+
     def client(
-        self, cid: str, token: str | None = CLIENT_TOKEN, tls: ClientTLS | None = None
+        self, cid: str, token: str | object | None = ..., tls: ClientTLS | None = None
     ) -> FakeClient:
-        c = FakeClient(self.address, cid, token, tls or self.client_tls)
+        """A client connected as `cid`, with its own token unless `token` says otherwise."""
+        tok = self.token_for(cid) if token is ... else token
+        assert tok is None or isinstance(tok, str)
+        c = FakeClient(self.address, cid, tok, tls or self.client_tls)
         self.clients.append(c)
         return c
 

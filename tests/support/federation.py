@@ -27,7 +27,7 @@ def toy_manifest(
     clients: int = 4,
     per_round: int | None = None,
     min_updates: int | None = None,
-    round_timeout: float = 30.0,
+    round_timeout: int = 30,
     config: dict[str, Any] | None = None,
     **spec: Any,
 ) -> dict[str, Any]:

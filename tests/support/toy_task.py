@@ -2,7 +2,10 @@
 
 Client i pulls the weights halfway towards its own target vector, so the
 FedAvg result is easy to predict. Per-client misbehaviour for bad-input tests
-comes from the train config: {"bad": {"client-3": "nan"}}.
+comes from the train config: {"bad": {"client-3": "nan"}}; a hostile client
+claims what it likes with {"claim": {"client-3": 10**12}} and poisons its
+update with {"offset": {"client-3": 100.0}}; {"scribble": true} makes the
+train command write into IN_MODEL.
 Also runnable as a train command: python toy_task.py train IN OUT.
 """
 
@@ -64,8 +67,11 @@ def train(model: dict[str, np.ndarray], ctx: TaskContext) -> TrainResult:
         out["w"] = out["w"].astype(np.float64)
     elif bad == "big":
         out["extra"] = np.zeros(1 << 20, np.float32)
+    if ctx.client_id in cfg.get("offset", {}):
+        out["w"] = out["w"] + np.float32(cfg["offset"][ctx.client_id])
     loss = float(np.mean((w - target(i)) ** 2))
-    return TrainResult(out, num_examples=examples(i), metrics={"loss": loss})
+    claim = int(cfg.get("claim", {}).get(ctx.client_id, examples(i)))
+    return TrainResult(out, num_examples=claim, metrics={"loss": loss})
 
 
 def validate(model: dict[str, np.ndarray], ctx: TaskContext) -> ValidationResult:
@@ -74,7 +80,22 @@ def validate(model: dict[str, np.ndarray], ctx: TaskContext) -> ValidationResult
     return ValidationResult(num_examples=5 + i, metrics={"dist": dist})
 
 
+def scribble(path: str) -> None:
+    """What a careless (or hostile) train command does to its input model."""
+    with open(path, "r+b") as f:
+        f.seek(-16, os.SEEK_END)
+        f.write(b"\xff" * 16)
+
+
 if __name__ == "__main__":
+    import json
+    import sys
+
     from fedkube.client.entrypoint import run
 
     run(train=train, validate=validate, init=init)
+    if sys.argv[1:2] == ["train"] and json.loads(os.environ.get("FEDKUBE_CONFIG") or "{}").get(
+        "scribble"
+    ):
+        scribble(sys.argv[2])  # after training: the update is fine, IN_MODEL is not
+    raise SystemExit(0)

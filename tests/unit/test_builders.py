@@ -7,6 +7,7 @@ The status block the operator computes is tested in test_status.py.
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import json
@@ -27,7 +28,7 @@ from fedkube.spec import API_VERSION, KIND, MAX_NAME_LENGTH, FederatedJob, load_
 NS = "team-a"
 UID = "0f6c3d2e-1111-2222-3333-444455556666"
 SETTINGS = b.OperatorSettings()
-TOKENS = b.Tokens(client="client-secret-token", reducer="reducer-secret-token")
+REDUCER_TOKEN = "reducer-secret-token"
 
 BASE_SPEC: dict[str, Any] = {
     "rounds": 5,
@@ -57,7 +58,11 @@ def make_job(
 
 def children(job: FederatedJob | None = None, **kw: Any) -> list[dict[str, Any]]:
     return b.build_children(
-        job or make_job(), NS, UID, kw.get("settings", SETTINGS), kw.get("tokens", TOKENS)
+        job or make_job(),
+        NS,
+        UID,
+        kw.get("settings", SETTINGS),
+        reducer_token=kw.get("reducer_token", REDUCER_TOKEN),
     )
 
 
@@ -266,16 +271,31 @@ def test_service_selectors_match_their_pods() -> None:
     )
 
 
-def test_tokens_as_keywords_or_as_a_tokens_object() -> None:
+def test_build_children_takes_the_reducer_token_by_keyword_only() -> None:
     job = make_job()
-    kw = b.build_children(
-        job, NS, UID, SETTINGS, client_token=TOKENS.client, reducer_token=TOKENS.reducer
-    )
-    assert kw == children(job)
     with pytest.raises(b.BuildError, match="empty reducer token"):
-        b.build_children(job, NS, UID, SETTINGS, client_token="c")
+        b.build_children(job, NS, UID, SETTINGS, reducer_token="")
     with pytest.raises(TypeError):
-        b.build_children(job, NS, UID, SETTINGS, TOKENS, client_token="c")
+        b.build_children(job, NS, UID, SETTINGS, REDUCER_TOKEN)  # type: ignore[misc]
+    with pytest.raises(TypeError):  # there is no client token any more
+        b.build_children(job, NS, UID, SETTINGS, client_token="c", reducer_token="r")  # type: ignore[call-arg]
+    assert not hasattr(b, "Tokens") and not hasattr(names, "CLIENT_TOKEN_KEY")
+
+
+def test_no_child_carries_a_client_token() -> None:
+    """Clients have per-client credentials (``fedkube clients issue``): the operator
+    makes no shared client token, and no pod gets one."""
+    objs = children()
+    secret = by_kind(objs, "Secret")
+    assert set(secret["data"]) == {"reducer-token"}
+    assert "stringData" not in secret
+    for kind in ("StatefulSet", "Deployment"):
+        c = container(by_kind(objs, kind))
+        env = env_map(c)
+        assert CLIENT_TOKEN_ENV not in env, kind
+        refs = [v["secretKeyRef"] for v in env.values() if "secretKeyRef" in v]
+        assert names.LEGACY_CLIENT_TOKEN_KEY not in {r["key"] for r in refs}, kind
+    assert "client-token" not in json.dumps(objs)
 
 
 def test_children_are_plain_json_without_shared_objects() -> None:
@@ -335,26 +355,22 @@ def test_config_map_holds_the_job_and_the_pods_can_load_it(tmp_path: Path) -> No
     assert cm["metadata"]["annotations"] == {b.CONFIG_HASH_ANNOTATION: b.config_hash(job, NS)}
 
 
-def test_tokens_secret_uses_string_data() -> None:
+def test_tokens_secret_holds_only_the_reducer_token_in_data() -> None:
     job = make_job()
-    s = b.build_tokens_secret(job, NS, UID, "ctok", "rtok")
+    s = b.build_tokens_secret(job, NS, UID, "rtok")
     assert s["apiVersion"] == "v1" and s["kind"] == "Secret" and s["type"] == "Opaque"
-    assert s["stringData"] == {"client-token": "ctok", "reducer-token": "rtok"}
-    assert "data" not in s
+    # data, not stringData: server-side apply would keep a key dropped from stringData
+    assert s["data"] == {"reducer-token": base64.b64encode(b"rtok").decode()}
+    assert "stringData" not in s
     assert s["metadata"]["name"] == "mnist-tokens"
-    assert by_kind(children(job), "Secret")["stringData"] == {
-        "client-token": TOKENS.client,
-        "reducer-token": TOKENS.reducer,
-    }
+    secret = by_kind(children(job, reducer_token="r-\u00e9-tok"), "Secret")
+    assert base64.b64decode(secret["data"]["reducer-token"]).decode() == "r-\u00e9-tok"
+    assert names.REDUCER_TOKEN_KEY == "reducer-token"
 
 
-@pytest.mark.parametrize(
-    ("client", "reducer", "match"),
-    [("", "r", "empty client token"), ("c", "", "empty reducer token"), ("t", "t", "must differ")],
-)
-def test_tokens_secret_rejects_bad_tokens(client: str, reducer: str, match: str) -> None:
-    with pytest.raises(b.BuildError, match=match):
-        b.build_tokens_secret(make_job(), NS, UID, client, reducer)
+def test_tokens_secret_rejects_an_empty_reducer_token() -> None:
+    with pytest.raises(b.BuildError, match="FederatedJob 'mnist': empty reducer token"):
+        b.build_tokens_secret(make_job(), NS, UID, "")
 
 
 # ---------------------------------------------------------------- reducer Deployment
@@ -412,7 +428,7 @@ def test_reducer_env_comes_from_secrets() -> None:
         "FEDKUBE_MONGODB_URI": secret_ref("mongo", "uri"),
     }
     assert REDUCER_TOKEN_ENV == "FEDKUBE_REDUCER_TOKEN"
-    assert CLIENT_TOKEN_ENV not in env  # the reducer never needs the clients' token
+    assert CLIENT_TOKEN_ENV not in env  # the reducer never needs a client token
 
 
 def test_mongodb_uri_env_name_follows_the_spec() -> None:
@@ -531,12 +547,12 @@ def test_combiner_env() -> None:
     env = env_map(c)
     assert env == {
         "POD_NAME": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
-        CLIENT_TOKEN_ENV: secret_ref("mnist-tokens", "client-token"),
         REDUCER_TOKEN_ENV: secret_ref("mnist-tokens", "reducer-token"),
         "AWS_ACCESS_KEY_ID": secret_ref("s3", "AWS_ACCESS_KEY_ID"),
         "AWS_SECRET_ACCESS_KEY": secret_ref("s3", "AWS_SECRET_ACCESS_KEY"),
         "FEDKUBE_MONGODB_URI": secret_ref("mongo", "uri"),
     }
+    assert CLIENT_TOKEN_ENV not in env  # clients' tokens are checked in the state store
     # $(POD_NAME) is expanded by Kubernetes only from a variable defined in env
     assert c["env"][0]["name"] == "POD_NAME"
     assert "$(POD_NAME)" in c["command"]

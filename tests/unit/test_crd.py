@@ -126,6 +126,8 @@ def validate(value: Any, node: Schema, path: str = "") -> list[str]:
         errors.append(f"{path}: longer than {node['maxLength']}")
     if "maxItems" in node and len(value) > node["maxItems"]:
         errors.append(f"{path}: more than {node['maxItems']} items")
+    if "maxProperties" in node and len(value) > node["maxProperties"]:
+        errors.append(f"{path}: more than {node['maxProperties']} properties")
     if "minimum" in node and (
         value <= node["minimum"] if node.get("exclusiveMinimum") else value < node["minimum"]
     ):
@@ -274,6 +276,24 @@ def _manifest(value: Any, annotation: Any) -> Any:
     return TypeAdapter(annotation).dump_python(value, mode="json", by_alias=True, exclude_none=True)
 
 
+_LENGTH_KEYS = {
+    "string": ("minLength", "maxLength"),
+    "array": ("minItems", "maxItems"),
+    "object": ("minProperties", "maxProperties"),
+}
+
+
+def _expected_lengths(meta: list[Any], t: str) -> dict[str, Any]:
+    low, high = _LENGTH_KEYS[t]
+    out: dict[str, Any] = {}
+    for m in meta:
+        if isinstance(m, at.MinLen):
+            out[low] = m.min_length
+        elif isinstance(m, at.MaxLen):
+            out[high] = m.max_length
+    return out
+
+
 def _expected_bounds(meta: list[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for m in meta:
@@ -334,6 +354,11 @@ class Drift:
             got = k8s_default(node["default"], node)  # nested defaults fill `default: {}`
             self.check(got == expected, f"{path}: CRD default {got!r} != pydantic {expected!r}")
 
+    def lengths(self, meta: list[Any], node: Schema, t: str, path: str) -> None:
+        got = {k: node[k] for k in _LENGTH_KEYS[t] if k in node}
+        want = _expected_lengths(meta, t)
+        self.check(got == want, f"{path}: lengths {got} != pydantic {want}")
+
     def type(self, tp: Any, meta: list[Any], node: Schema, path: str) -> None:
         t = node.get("type")
         if all(any(m is k for m in meta) for k in _DECIMAL_MARKERS):
@@ -354,6 +379,7 @@ class Drift:
             self.check(got == _expected_bounds(meta), f"{path}: bounds {got} != {meta}")
         elif tp is str:
             self.check(t == "string", f"{path}: str is {t}")
+            self.lengths(meta, node, "string", path)
         elif tp is AwareDatetime or (isinstance(tp, type) and issubclass(tp, datetime)):
             self.check(t == "string" and node.get("format") == "date-time", f"{path}: datetime")
         elif typing.get_origin(tp) is Literal:
@@ -365,10 +391,12 @@ class Drift:
             self.check(node.get("enum") == values, f"{path}: enum {node.get('enum')} != {values}")
         elif typing.get_origin(tp) is list:
             self.check(t == "array", f"{path}: list is {t}")
+            self.lengths(meta, node, "array", path)
             (item,) = typing.get_args(tp)
             self.type(*_unwrap(item, []), node.get("items", {}), f"{path}[]")
         elif typing.get_origin(tp) is dict:
             self.check(t == "object", f"{path}: dict is {t}")
+            self.lengths(meta, node, "object", path)
             _, value = typing.get_args(tp)
             if value is Any:
                 self.check(
@@ -476,6 +504,22 @@ def _drop(node: Schema, key: str) -> None:
             "no CEL bound",
         ),
         (lambda s: s["properties"]["train"]["properties"]["config"].clear(), "preserve unknown"),
+        (
+            lambda s: _drop(s["properties"]["train"]["properties"]["env"], "maxProperties"),
+            "lengths",
+        ),
+        (
+            lambda s: _drop(
+                s["properties"]["train"]["properties"]["env"]["additionalProperties"], "maxLength"
+            ),
+            "train.env.*: lengths",
+        ),
+        (
+            lambda s: s["properties"]["clients"]["properties"]["heartbeatSeconds"].update(
+                minimum=0
+            ),
+            "heartbeatSeconds: bounds",
+        ),
     ],
 )
 def test_drift_checker_catches_mutations(mutate: Any, expected: str) -> None:
@@ -1049,13 +1093,17 @@ RICH_SPECS: list[dict[str, Any]] = [
         "clients": {
             "perRound": 4,
             "minUpdates": 4,
-            "roundTimeoutSeconds": 0.5,
+            "roundTimeoutSeconds": 30,
+            "waitTimeoutSeconds": 604800,
+            "heartbeatSeconds": 1,
             "service": {"type": "NodePort", "nodePort": 30001, "annotations": {"a": "b"}},
         },
         "combiners": {"replicas": 3, "resources": {"limits": {"cpu": "1"}}},
         "aggregator": {"name": "trimmedmean", "trimRatio": "0.2"},
         "serverOptimizer": {"name": "fedadam", "learningRate": "1e-05", "tau": "0.01"},
-        "validation": {"perRound": 2, "every": 3},
+        "validation": {"perRound": 2, "every": 3, "timeoutSeconds": 60},
+        "retry": {"backoffSeconds": 0},
+        "weights": {"maxExamples": 1000, "maxMedianMultiple": "3"},
         "storage": {"s3": {"endpoint": "s3:9000", "bucket": "b", "publicEndpoint": "x:1"}},
         "stateStore": {"mongodb": {"uriSecret": "m", "database": "d"}},
         "ttlSecondsAfterFinished": 60,
@@ -1095,6 +1143,46 @@ def test_decimals_must_be_strings_in_the_crd() -> None:
         ),
         ({"rounds": 1, "bogus": 1}, ".spec.bogus: unknown field"),
         ({"rounds": 1, "storage": {"s3": {"endpoint": "x"}}}, ".spec.storage.s3.bucket: required"),
+        # issue 8: booleans and strings are not integers; seconds are bounded integers
+        ({"rounds": True}, ".spec.rounds: must be of type integer, got bool"),
+        ({"rounds": "3"}, ".spec.rounds: must be of type integer, got str"),
+        ({"rounds": 1, "suspend": "true"}, ".spec.suspend: must be of type boolean"),
+        (
+            {"rounds": 1, "clients": {"roundTimeoutSeconds": 1e300}},
+            ".spec.clients.roundTimeoutSeconds: must be of type integer, got float",
+        ),
+        (
+            {"rounds": 1, "clients": {"roundTimeoutSeconds": 604801}},
+            ".spec.clients.roundTimeoutSeconds: 604801 is above the maximum",
+        ),
+        (
+            {"rounds": 1, "clients": {"heartbeatSeconds": 0}},
+            ".spec.clients.heartbeatSeconds: 0 is below the minimum 1",
+        ),
+        (
+            {"rounds": 1, "clients": {"heartbeatSeconds": 0.001}},
+            ".spec.clients.heartbeatSeconds: must be of type integer",
+        ),
+        (
+            {"rounds": 1, "validation": {"timeoutSeconds": 0}},
+            ".spec.validation.timeoutSeconds: 0 is below the minimum",
+        ),
+        (
+            {"rounds": 1, "retry": {"backoffSeconds": 3601}},
+            ".spec.retry.backoffSeconds: 3601 is above the maximum",
+        ),
+        (
+            {
+                "rounds": 1,
+                "train": {"env": {f"V{i}": "x" for i in range(spec.MAX_ENV_ENTRIES + 1)}},
+            },
+            ".spec.train.env: more than 256 properties",
+        ),
+        (
+            {"rounds": 1, "train": {"env": {"V": "x" * (spec.MAX_ENV_VALUE_LENGTH + 1)}}},
+            ".spec.train.env.V: longer than",
+        ),
+        ({"rounds": 1, "weights": {"maxExamples": 0}}, ".spec.weights.maxExamples: 0 is below"),
     ],
 )
 def test_schema_and_pydantic_both_reject(job_spec: dict[str, Any], error: str) -> None:

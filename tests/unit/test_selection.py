@@ -167,3 +167,21 @@ def test_derive_seed_is_the_same_in_another_process() -> None:
         env={**os.environ, "PYTHONHASHSEED": "12345"},
     ).stdout
     assert int(out) == derive_seed("job", 3, 1)
+
+
+def test_select_steady_prefers_clients_connected_longer():
+    from fedkube.selection import select_steady
+
+    idle = {"old-a": 100.0, "old-b": 50.0, "old-c": 20.0, "new-x": 1.0, "new-y": 0.5}
+    for seed in range(20):
+        picked = select_steady(idle, 2, seed, settle_seconds=10)
+        assert set(picked) <= {"old-a", "old-b", "old-c"} and len(set(picked)) == 2
+    # too few steady ones: the longest-connected of the rest fill up
+    assert select_steady(idle, 4, 1, settle_seconds=10)[3:] == ["new-x"]
+    assert sorted(select_steady(idle, 9, 1, settle_seconds=10)) == sorted(idle)
+    assert select_steady(idle, 0, 1, settle_seconds=10) == []
+    # seeded: the same seed picks the same clients whatever the dict order
+    rev = dict(reversed(list(idle.items())))
+    assert select_steady(idle, 2, 7, settle_seconds=10) == select_steady(
+        rev, 2, 7, settle_seconds=10
+    )

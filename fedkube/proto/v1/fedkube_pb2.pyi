@@ -150,7 +150,7 @@ class Ack(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("job", "round", "attempt", "kind", "model_key", "quota", "deadline_unix_ms", "config_json", "seed", "max_bytes")
+    __slots__ = ("job", "round", "attempt", "kind", "model_key", "quota", "deadline_unix_ms", "config_json", "seed", "max_bytes", "weight_cap")
     JOB_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +161,7 @@ class RoundPlan(_message.Message):
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_CAP_FIELD_NUMBER: _ClassVar[int]
     job: str
     round: int
     attempt: int
@@ -171,7 +172,8 @@ class RoundPlan(_message.Message):
     config_json: str
     seed: int
     max_bytes: int
-    def __init__(self, job: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., model_key: _Optional[str] = ..., quota: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    weight_cap: float
+    def __init__(self, job: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., model_key: _Optional[str] = ..., quota: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., max_bytes: _Optional[int] = ..., weight_cap: _Optional[float] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("selected", "received", "rejected", "failed")
@@ -186,7 +188,7 @@ class Progress(_message.Message):
     def __init__(self, selected: _Optional[int] = ..., received: _Optional[int] = ..., rejected: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
 
 class Partial(_message.Message):
-    __slots__ = ("key", "weight", "n_updates", "metrics", "participants", "selected", "rejected", "failed", "num_examples", "timings")
+    __slots__ = ("key", "weight", "n_updates", "metrics", "participants", "selected", "rejected", "failed", "num_examples", "timings", "weight_capped", "claims")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +213,8 @@ class Partial(_message.Message):
     FAILED_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_CAPPED_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
     key: str
     weight: float
     n_updates: int
@@ -221,7 +225,9 @@ class Partial(_message.Message):
     failed: int
     num_examples: int
     timings: _containers.ScalarMap[str, float]
-    def __init__(self, key: _Optional[str] = ..., weight: _Optional[float] = ..., n_updates: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., participants: _Optional[_Iterable[str]] = ..., selected: _Optional[int] = ..., rejected: _Optional[int] = ..., failed: _Optional[int] = ..., num_examples: _Optional[int] = ..., timings: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    weight_capped: int
+    claims: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, key: _Optional[str] = ..., weight: _Optional[float] = ..., n_updates: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., participants: _Optional[_Iterable[str]] = ..., selected: _Optional[int] = ..., rejected: _Optional[int] = ..., failed: _Optional[int] = ..., num_examples: _Optional[int] = ..., timings: _Optional[_Mapping[str, float]] = ..., weight_capped: _Optional[int] = ..., claims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RoundEvent(_message.Message):
     __slots__ = ("progress", "partial")
