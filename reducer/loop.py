@@ -373,6 +373,7 @@ class Reducer:
             attempt=attempt,
             partials=[NamedPartial(name, p.key, p.weight, p.n_updates) for name, p in good],
             workdir=self.cfg.workdir,
+            base_sha256=base.sha256 if (base := self.state.get_model(self.name, r - 1)) else None,
         )
         at.merge_s = time.monotonic() - t2
         self._commit(at, results, [p for _, p in good], model)

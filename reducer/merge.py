@@ -31,6 +31,7 @@ from fedkube.model import (
     load_model,
     read_header,
     save_model,
+    sha256_file,
 )
 from fedkube.spec import FederatedJob
 from fedkube.store import ObjectStore, model_key, optimizer_key
@@ -66,12 +67,20 @@ def merge_round(
     attempt: int,
     partials: list[NamedPartial],
     workdir: Path,
+    base_sha256: str | None = None,
 ) -> StoredModel:
     """Model `round` from model `round - 1` and the partials; stores it (and the
-    optimizer state). Raises RoundFailed naming the combiner of an invalid partial."""
+    optimizer state). Raises RoundFailed naming the combiner of an invalid partial,
+    or when model `round - 1` is not the one committed (`base_sha256`, its lineage)."""
     work = Path(tempfile.mkdtemp(prefix=f"merge-{round}-", dir=workdir))
     try:
         gpath = store.fetch(model_key(job.name, round - 1), work / "global.safetensors")
+        if base_sha256 and (actual := sha256_file(gpath)) != base_sha256:
+            raise RoundFailed(
+                f"the global model of round {round - 1} changed after it was committed "
+                f"(sha256 {actual[:12]}..., recorded {base_sha256[:12]}...); refusing to "
+                "aggregate against it"
+            )
         aggregated = _merge_partials(job, store, gpath, partials, work)
         new_model = _server_step(job, store, round, gpath, aggregated, work)
         out = work / "model.safetensors"

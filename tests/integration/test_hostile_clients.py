@@ -397,3 +397,26 @@ def test_a_minute_of_unauthenticated_calls_is_cheap(fast_comb, tmp_path):
     assert refused, "the refusals were not recorded at all"
     final = load_model(comb.store.local_path(model_key("toy", 3)))
     np.testing.assert_allclose(final["w"], fedavg_of_honest(2, 3), rtol=1e-5, atol=1e-6)
+
+
+def test_the_reducer_refuses_to_aggregate_against_a_changed_base(tmp_path):
+    from fedkube.errors import RoundFailed
+    from fedkube.reducer.merge import NamedPartial, merge_round
+    from fedkube.store import partial_key
+
+    job = parse_job(toy_manifest(rounds=2))
+    store = open_object_store(f"file://{tmp_path / 'store'}")
+    base = tmp_path / "base.safetensors"
+    sha = save_model(base, toy_task.init())
+    store.put_file(model_key("toy", 0), base)
+    part = tmp_path / "partial.safetensors"
+    save_model(part, toy_task.init())
+    store.put_file(partial_key("toy", 1, 1, "c0"), part)
+    partials = [NamedPartial("c0", partial_key("toy", 1, 1, "c0"), 10.0, 1)]
+    kw = {"round": 1, "attempt": 1, "partials": partials, "workdir": tmp_path}
+    assert merge_round(job, store, base_sha256=sha, **kw).key == model_key("toy", 1)
+    committed = store.local_path(model_key("toy", 0))
+    assert committed is not None
+    toy_task.scribble(str(committed))  # someone wrote into the committed model
+    with pytest.raises(RoundFailed, match="changed after it was committed"):
+        merge_round(job, store, base_sha256=sha, **{**kw, "attempt": 2})
