@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,27 +21,11 @@ from fedkube.aggregate import (
     make_aggregator,
 )
 from fedkube.aggregate.trimmed_mean import trim_count
-from fedkube.model import MappedModel, read_header, save_model
+from fedkube.model import MappedModel, read_header
 from fedkube.spec import FedAvgAggregator, MedianAggregator, TrimmedMeanAggregator
+from tests.support.model_files import ModelFiles as Files
 
 F32 = np.float32
-
-
-class Files:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.n = 0
-
-    def write(self, tensors: Mapping[str, np.ndarray]) -> Path:
-        self.n += 1
-        path = self.root / f"m{self.n:04d}.safetensors"
-        save_model(path, tensors)
-        return path
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Files:
-    return Files(tmp_path)
 
 
 def _add(agg: Aggregator, path: Path, weight: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import tracemalloc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,26 +39,10 @@ from fedkube.spec import (
 )
 from fedkube.store import model_key, partial_key
 from fedkube.store.local import LocalObjectStore
+from tests.support.model_files import ModelFiles as Files
 
 F32 = np.float32
 MB = 1024 * 1024
-
-
-class Files:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.n = 0
-
-    def write(self, tensors: Mapping[str, np.ndarray]) -> Path:
-        self.n += 1
-        path = self.root / f"p{self.n:04d}.safetensors"
-        save_model(path, tensors)
-        return path
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Files:
-    return Files(tmp_path)
 
 
 @contextlib.contextmanager
