@@ -5,6 +5,12 @@ asyncio + grpc.aio, so thousands of idle client streams cost little. CPU work
 serialises access to the running sum. State-store writes run in other threads:
 records (clients, updates) in one, events in another, so a flood of events
 never queues ahead of an update's record; credentials reload in a third.
+
+Every settled task is counted (`CombinerTelemetry`) and, for train and init
+tasks, recorded as the client's UpdateRecord: accepted, rejected (a Reason of
+the report or the file) or failed (the client's error, lost, deadline, the
+combiner's own error), with the seconds from the task's push to the report
+and, for a refusal, what was wrong.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import grpc
 from fedkube.aggregate import make_aggregator
 from fedkube.aggregate.base import Aggregator
 from fedkube.combiner.auth import ClientAuth, RefusalLog, peer_host
+from fedkube.combiner.telemetry import CombinerTelemetry
 from fedkube.combiner.verify import check_report, open_update
 from fedkube.errors import FedkubeError, UpdateRejected
 from fedkube.identity import Credential, Credentials
@@ -41,6 +48,7 @@ from fedkube.rpc import token_ok
 from fedkube.selection import derive_seed, select_steady, weighted_metrics
 from fedkube.spec import FederatedJob
 from fedkube.state import ClientRecord, EventRecord, StateStore, UpdateRecord
+from fedkube.state.base import MAX_UPDATE_MESSAGE
 from fedkube.store import ObjectStore, partial_key, update_key
 from fedkube.vocabulary import (
     SETTLED,
@@ -82,13 +90,29 @@ class Assignment:
     num_examples: int = 0  # claimed
     weight: float = 0.0  # counted (after spec.weights)
     metrics: dict[str, float] = field(default_factory=dict)
+    pushed_at: float | None = None  # time.monotonic() the task went on the client's stream
+    reported_at: float | None = None  # time.monotonic() the client's report came in
+    message: str = ""  # what went wrong, for a rejected or failed task
+
+    @property
+    def train_s(self) -> float:
+        """Seconds from the push to the report (0.0 without either)."""
+        if self.pushed_at is None or self.reported_at is None:
+            return 0.0
+        return max(0.0, self.reported_at - self.pushed_at)
 
 
 class RoundRun:
     """One round attempt (train or validate) on this combiner."""
 
-    def __init__(self, plan: pb.RoundPlan, deadline: float) -> None:
+    def __init__(
+        self,
+        plan: pb.RoundPlan,
+        deadline: float,
+        on_settle: Callable[[Assignment], None] | None = None,
+    ) -> None:
         self.plan = plan
+        self.on_settle = on_settle
         self.deadline = deadline  # time.monotonic() based
         self.assignments: dict[str, Assignment] = {}
         self.by_client: dict[str, str] = {}
@@ -97,7 +121,7 @@ class RoundRun:
         self.aggregator: Aggregator | None = None
         self.template: ModelHeader | None = None
         self.workdir: Path | None = None
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # the RunRound came in
         self.agg_seconds = 0.0
         self.weight_capped = 0
 
@@ -130,9 +154,19 @@ class RoundRun:
             failed=self.count(AssignmentStatus.FAILED),
         )
 
-    def settle(self, a: Assignment, status: AssignmentStatus, reason: Reason | None = None) -> None:
-        a.status, a.reason = status, reason
+    def settle(
+        self,
+        a: Assignment,
+        status: AssignmentStatus,
+        reason: Reason | None = None,
+        message: str = "",
+    ) -> None:
+        if a.status in SETTLED:  # the first settlement stands (the deadline passed while
+            return  # the update was checked): counted and recorded once
+        a.status, a.reason, a.message = status, reason, message[:MAX_UPDATE_MESSAGE]
         self.changed.set()
+        if self.on_settle is not None:
+            self.on_settle(a)
 
 
 class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer):
@@ -156,11 +190,14 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         state: StateStore,
         reducer_token: str,
         workdir: Path,
+        telemetry: CombinerTelemetry | None = None,
     ) -> None:
         self.name = name
         self.job = job
-        self.store = store
-        self.state = state
+        self.telemetry = telemetry or CombinerTelemetry(job.name, name)
+        # Every store call is timed and its errors counted (fedkube_*_store_*).
+        self.store = self.telemetry.stores.objects(store)
+        self.state = self.telemetry.stores.state(state)
         self.reducer_token = reducer_token
         self.workdir = workdir
         self.clients: dict[str, ConnectedClient] = {}
@@ -174,6 +211,10 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         self.auth = ClientAuth(self._load_credentials)
         self.refusals = RefusalLog()
         self._housekeeper: asyncio.Task[None] | None = None
+        self.telemetry.watch_clients(
+            lambda: len(self.clients),
+            lambda: sum(1 for c in list(self.clients.values()) if c.busy),
+        )
 
     # ------------------------------------------------------------ helpers
 
@@ -245,7 +286,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 c.queue.put_nowait(None)
 
     def _refused(self, context: grpc.aio.ServicerContext, kind: EventKind, message: str) -> None:
-        """Log and record a refused call, merged per peer and kind (`RefusalLog`)."""
+        """Count a refused call; log and record it, merged per peer and kind (`RefusalLog`)."""
+        self.telemetry.refused(kind)
         peer = peer_host(context.peer() or "")
         if self.refusals.note(peer, kind, message):
             self.log.warning("refused call", kind=kind, peer=peer, detail=message)
@@ -377,7 +419,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             return
         a = run.assignments.get(client.busy)
         if a is not None and a.status == AssignmentStatus.PENDING:
-            run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_LOST)
+            run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_LOST, f"the client {why}")
+            self._record_later(run, a)
             self._event(
                 EventKind.CLIENT_LOST,
                 f"client {client.client_id} {why} during round {run.plan.round}",
@@ -444,7 +487,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             run, a = self._expected(
                 request.task_id, request.client_id, request.round, request.attempt, kind
             )
-        except UpdateRejected as rej:  # not a task of this round: counted nowhere
+        except UpdateRejected as rej:  # not a task of this round: counted nowhere else
+            self.telemetry.ignored(rej.reason)
             log.warning("update ignored", reason=rej.reason, detail=str(rej))
             self._report_event(
                 EventKind.UPDATE_IGNORED,
@@ -452,6 +496,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 f"update from {request.client_id} for round {request.round} ignored: {rej}",
             )
             return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
+        a.reported_at = time.monotonic()
         self._release(a.client_id, a.task_id)
         if request.error:
             return await self._client_failed(run, a, request, log)
@@ -466,8 +511,9 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         except UpdateRejected as rej:
             return await self._rejected(run, a, request, rej, log)
         except Exception as exc:  # storage failure etc.: the client is not at fault
-            run.settle(a, AssignmentStatus.FAILED, Reason.COMBINER_ERROR)
+            run.settle(a, AssignmentStatus.FAILED, Reason.COMBINER_ERROR, str(exc))
             log.error("update could not be processed", error=str(exc), exc_info=True)
+            await self._record(run, a)
             self._report_event(
                 EventKind.UPDATE_FAILED,
                 request,
@@ -479,9 +525,13 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             return pb.Ack(
                 accepted=False, reason=Reason.PAST_ROUND, message="the round was cancelled"
             )
+        if a.status != AssignmentStatus.CHECKING:  # settled meanwhile (the deadline passed)
+            return pb.Ack(accepted=False, reason=Reason.DEADLINE, message=a.message)
         a.num_examples = request.num_examples
         a.metrics = dict(request.metrics)
         run.settle(a, AssignmentStatus.ACCEPTED)
+        if not init:
+            self.telemetry.client_train_seconds.observe(a.train_s)
         log.info(
             "update accepted",
             num_examples=request.num_examples,
@@ -512,7 +562,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         self, run: RoundRun, a: Assignment, request: pb.Update, log: Logger
     ) -> pb.Ack:
         """The client reports that its own code failed: no update, nobody proved wrong."""
-        run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_ERROR)
+        run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_ERROR, request.error)
         log.warning("client training failed", error=request.error[:2000])
         self._report_event(
             EventKind.TRAIN_FAILED,
@@ -525,7 +575,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
     async def _rejected(
         self, run: RoundRun, a: Assignment, request: pb.Update, rej: UpdateRejected, log: Logger
     ) -> pb.Ack:
-        run.settle(a, AssignmentStatus.REJECTED, rej.reason)
+        run.settle(a, AssignmentStatus.REJECTED, rej.reason, str(rej))
         log.warning("update rejected", reason=rej.reason, detail=str(rej))
         self._report_event(
             EventKind.UPDATE_REJECTED,
@@ -553,24 +603,46 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             client=request.client_id,
         )
 
-    async def _record(self, run: RoundRun, a: Assignment, sha: str = "") -> None:
-        """The settled assignment as the client's UpdateRecord (status and reason)."""
-        await self._io_call(
-            self.state.record_update,
-            UpdateRecord(
-                job=self.job.name,
-                round=run.plan.round,
-                attempt=run.plan.attempt,
-                client=a.client_id,
-                combiner=self.name,
-                status=a.status,
-                num_examples=a.num_examples,
-                weight=a.weight if a.status == AssignmentStatus.ACCEPTED else 0.0,
-                reason=a.reason or "",
-                sha256=sha,
-                at=time.time(),
-            ),
+    def _update_record(self, run: RoundRun, a: Assignment, sha: str = "") -> UpdateRecord | None:
+        """The settled train or init task as the client's UpdateRecord (None for a
+        validate task: validation reports are no updates)."""
+        if run.plan.kind == pb.TASK_KIND_VALIDATE:
+            return None
+        return UpdateRecord(
+            job=self.job.name,
+            round=run.plan.round,
+            attempt=run.plan.attempt,
+            client=a.client_id,
+            combiner=self.name,
+            status=a.status,
+            num_examples=a.num_examples,
+            weight=a.weight if a.status == AssignmentStatus.ACCEPTED else 0.0,
+            reason=a.reason or "",
+            sha256=sha,
+            at=time.time(),
+            train_s=a.train_s,
+            message=a.message,
         )
+
+    async def _record(self, run: RoundRun, a: Assignment, sha: str = "") -> None:
+        """Write the settled assignment's UpdateRecord (status, reason, message)."""
+        rec = self._update_record(run, a, sha)
+        if rec is not None:
+            await self._io_call(self.state.record_update, rec)
+
+    def _record_later(self, run: RoundRun, a: Assignment) -> None:
+        """`_record` from code that cannot wait (a client lost, the deadline)."""
+        rec = self._update_record(run, a)
+        if rec is None:
+            return
+        with contextlib.suppress(RuntimeError):  # shutting down: the executor is closed
+            asyncio.get_running_loop().run_in_executor(self._io, self._record_safe, rec)
+
+    def _record_safe(self, rec: UpdateRecord) -> None:
+        try:
+            self.state.record_update(rec)
+        except Exception as exc:
+            self.log.warning("state store write failed", error=str(exc))
 
     def _release(self, client_id: str, task_id: str) -> None:
         c = self.clients.get(client_id)
@@ -612,6 +684,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                         f"update is {size} bytes, over the limit of {run.plan.max_bytes} bytes",
                     )
             path = self.store.fetch(key, tmp)
+            with contextlib.suppress(OSError):
+                self.telemetry.aggregate_bytes.inc(path.stat().st_size)
             model = open_update(
                 path, run.template, max_bytes=run.plan.max_bytes, sha256=req.sha256 or None
             )
@@ -622,7 +696,9 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             self.store.delete(key)  # accepted updates are folded in and dropped
         finally:
             tmp.unlink(missing_ok=True)
-            run.agg_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            run.agg_seconds += seconds
+            self.telemetry.aggregate_seconds.observe(seconds)
 
     async def ReportValidation(
         self, request: pb.Validation, context: grpc.aio.ServicerContext
@@ -637,10 +713,12 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 pb.TASK_KIND_VALIDATE,
             )
         except UpdateRejected as rej:
+            self.telemetry.ignored(rej.reason)
             return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
+        a.reported_at = time.monotonic()
         self._release(a.client_id, a.task_id)
         if request.error:
-            run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_ERROR)
+            run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_ERROR, request.error)
             self._event(
                 EventKind.VALIDATION_FAILED,
                 f"client {request.client_id} failed validation of "
@@ -653,7 +731,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         try:
             check_report(request.num_examples, dict(request.metrics))
         except UpdateRejected as rej:
-            run.settle(a, AssignmentStatus.REJECTED, rej.reason)
+            run.settle(a, AssignmentStatus.REJECTED, rej.reason, str(rej))
             return pb.Ack(accepted=False, reason=rej.reason, message=str(rej))
         a.num_examples = request.num_examples
         a.weight = self._weight(run, request)
@@ -698,6 +776,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                 f"this combiner serves job {self.job.name!r}, not {plan.job!r}",
             )
         run = self._start_run(plan)
+        self.telemetry.served(plan.kind)
         log = self.log.bind(round=plan.round, attempt=plan.attempt)
         try:
             if plan.kind == pb.TASK_KIND_TRAIN:
@@ -707,7 +786,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                     log.error("cannot prepare the round", error=str(exc))
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot prepare round: {exc}")
             self._reap()
-            await self._assign(run)
+            await self._assign(run, since=run.started)
             log.info(
                 "round started",
                 kind=pb.TaskKind.Name(plan.kind),
@@ -743,7 +822,11 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             )
             self._cancel(self.run)
         remaining = max(0.0, plan.deadline_unix_ms / 1000 - time.time())
-        self.run = RoundRun(plan, time.monotonic() + remaining)
+        self.run = RoundRun(
+            plan,
+            time.monotonic() + remaining,
+            on_settle=lambda a: self.telemetry.settled(plan.kind, a.status, a.reason),
+        )
         return self.run
 
     async def _progress_until_settled(self, run: RoundRun) -> AsyncIterator[pb.Progress]:
@@ -768,7 +851,10 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         plan = run.plan
         for a in run.assignments.values():
             if a.status in (AssignmentStatus.PENDING, AssignmentStatus.CHECKING):
-                run.settle(a, AssignmentStatus.FAILED, Reason.DEADLINE)
+                run.settle(
+                    a, AssignmentStatus.FAILED, Reason.DEADLINE, "no report before the deadline"
+                )
+                self._record_later(run, a)
                 self._release(a.client_id, a.task_id)
                 self._event(
                     EventKind.TASK_TIMED_OUT,
@@ -804,10 +890,11 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             self.job.spec.aggregator, run.template, spill_dir=run.workdir / "spill"
         )
 
-    async def _assign(self, run: RoundRun) -> int:
+    async def _assign(self, run: RoundRun, since: float) -> int:
         """Give the attempt's open slots to idle clients it has not tried yet, the
         steadiest first (`select_steady`); build their tasks (store calls, off the
-        event loop) and push them on the clients' streams. Returns how many."""
+        event loop) and push them on the clients' streams (the fan-out latency is
+        counted from `since`, a time.monotonic()). Returns how many."""
         plan = run.plan
         now = time.monotonic()
         idle = {
@@ -836,16 +923,25 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             c_now = self.clients.get(a.client_id)
             if c_now is not None and c_now.busy == task.task_id:
                 c_now.queue.put_nowait(task)
+                a.pushed_at = time.monotonic()
+                self.telemetry.pushed(plan.kind, a.pushed_at - since)
             elif a.status == AssignmentStatus.PENDING:  # it went away meanwhile
-                run.settle(a, AssignmentStatus.FAILED, Reason.CLIENT_LOST)
+                run.settle(
+                    a,
+                    AssignmentStatus.FAILED,
+                    Reason.CLIENT_LOST,
+                    "the client left before its task",
+                )
+                self._record_later(run, a)
         return len(new)
 
     async def _refill(self, run: RoundRun) -> None:
         """A selected client that left or failed frees its slot: give it to another
         idle client while the deadline allows."""
-        if run.cancelled or not run.open_slots() or not run.may_refill(time.monotonic()):
+        now = time.monotonic()
+        if run.cancelled or not run.open_slots() or not run.may_refill(now):
             return
-        n = await self._assign(run)
+        n = await self._assign(run, since=now)
         if n:
             self.log.info(
                 "freed slots reassigned",

@@ -426,6 +426,21 @@ def combiner(
     port_file: Annotated[
         Path | None, typer.Option("--port-file", help="Write the port actually bound to this file.")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            help="Serve GET /metrics (Prometheus) and /healthz over HTTP on this port, on "
+            "the host of --listen (0 picks a free port; default: off).",
+        ),
+    ] = None,
+    metrics_port_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-port-file", help="Write the metrics port actually bound to this file."
+        ),
+    ] = None,
     reducer_token_file: Annotated[
         str | None,
         typer.Option(
@@ -471,6 +486,8 @@ def combiner(
                 workdir=wd,
                 tls=tls,
                 port_file=port_file,
+                metrics_port=metrics_port,
+                metrics_port_file=metrics_port_file,
             )
         )
     except (OSError, RuntimeError) as exc:
@@ -499,7 +516,18 @@ def reducer(
     ] = None,
     health_port: Annotated[
         int | None,
-        typer.Option("--health-port", help="Serve GET /healthz and /status (JSON) on this port."),
+        typer.Option(
+            "--health-port",
+            min=0,
+            help="Serve GET /healthz, /status (JSON) and /metrics (Prometheus) on this port "
+            "(0 picks a free port).",
+        ),
+    ] = None,
+    health_port_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--health-port-file", help="Write the health port actually bound to this file."
+        ),
     ] = None,
     linger: Annotated[
         bool,
@@ -592,7 +620,9 @@ def reducer(
             liveness_seconds=liveness_interval,
         )
         sys.path.insert(0, str((job_dir or job_file.parent).resolve()))
-        phase = run_reducer(cfg, health_port=health_port, linger=linger)
+        phase = run_reducer(
+            cfg, health_port=health_port, health_port_file=health_port_file, linger=linger
+        )
     except ReducerFailed as exc:
         raise _fail(exc, 1) from None
     raise typer.Exit(phase_exit_code(phase))
@@ -788,6 +818,72 @@ def operator(
         liveness_port=liveness_port or None,
         verbose=log_level == "debug",
     )
+
+
+@app.command()
+def dashboard(
+    workdir: WorkdirOpt = Path(DEFAULT_WORKDIR),
+    state: StateOpt = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Object store URI of the models the Models page downloads (default: each "
+            "job's own, from its manifest and the workdir).",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on.")] = 8501,
+    address: Annotated[
+        str,
+        typer.Option("--address", help="Address to bind (0.0.0.0 in a container)."),
+    ] = "127.0.0.1",
+    refresh: Annotated[
+        float,
+        typer.Option(
+            "--refresh", min=0.5, help="Seconds between live refreshes of a page while a job runs."
+        ),
+    ] = 3.0,
+    kube: Annotated[
+        str,
+        typer.Option(
+            "--kube",
+            help="auto: also read FederatedJob objects when a service account or kubeconfig is "
+            "found; off: only the state store.",
+        ),
+    ] = "auto",
+    namespace: Annotated[
+        str,
+        typer.Option(
+            "--namespace", "-n", help="Namespace of the FederatedJob objects (default: all)."
+        ),
+    ] = "",
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Serve the monitoring dashboard (Streamlit): jobs, per-round metrics and timings,
+    participation, refusals, events, clients and model lineage with verified downloads.
+    Reads the same state store as `fedkube status` (--workdir or --state); GET /healthz
+    answers 200 while that store does."""
+    from fedkube.dashboard.config import DashboardConfig
+    from fedkube.dashboard.server import serve_dashboard
+
+    _setup_logging(log_level)
+    if kube not in ("auto", "off"):
+        raise _fail(ValueError(f"--kube must be auto or off, not {kube!r}"))
+    try:
+        st = _open_state(workdir, state)
+        uri = state or st.uri
+        st.close()
+        cfg = DashboardConfig(
+            state=uri,
+            store=store,
+            workdir=str(workdir.resolve()),
+            refresh_seconds=refresh,
+            kube=kube,
+            namespace=namespace,
+        )
+        serve_dashboard(cfg, address=address, port=port)
+    except FedkubeError as exc:
+        raise _fail(exc) from None
 
 
 def main() -> None:

@@ -14,6 +14,12 @@ reach its quorum any more: the run starts no new clients) the federation is
 stopped within a second, the job is recorded Failed with the clients' own
 error, and the run exits 1.
 
+Metrics: the reducer (``--health-port 0``) and every combiner
+(``--metrics-port 0``) serve Prometheus metrics on a free loopback port; the
+scrape targets go to ``WORKDIR/run/metrics-targets.json`` in Prometheus'
+file_sd format (``file_sd_configs``), rewritten whenever a role's port is
+known, and the run prints where they are.
+
 Least privilege: each role process gets only the credentials it needs. A
 simulated client gets its own client token (`LocalFederation._client_env`) and
 no reducer token, store credential or MongoDB URI; the reducer gets the reducer
@@ -48,6 +54,7 @@ from fedkube.rpc import CLIENT_TOKEN_ENV, REDUCER_TOKEN_ENV
 from fedkube.settings import state_uri, store_uri
 from fedkube.spec import FederatedJob, load_job_file, parse_job
 from fedkube.state import EventRecord, StateStore, open_state_store
+from fedkube.telemetry import METRICS_PATH
 from fedkube.vocabulary import EventKind, Phase
 
 
@@ -76,6 +83,10 @@ STOP_ORDER = {"client": 0, "reducer": 1, "combiner": 2}
 REDUCER_STARTUP_TIMEOUT = 20.0
 #: longest reason recorded for a run whose clients exited
 MAX_REASON = 500
+#: the Prometheus file_sd file of a run, in its run directory
+METRICS_TARGETS = "metrics-targets.json"
+#: where the role processes of a local run listen
+LOOPBACK = "127.0.0.1"
 
 
 def client_error(log_text: str) -> str:
@@ -148,9 +159,13 @@ class LocalFederation:
         self.job = effective_job(opts)
         self.job_dir = opts.job_file.resolve().parent
         self.workdir = opts.workdir.resolve()
+        self.run_dir = self.workdir / "run"
         self.procs: list[Proc] = []
         self._exited: dict[int | None, Proc] = {}  # simulated clients seen exited, by pid
         self.combiners: dict[str, str] = {}
+        #: role process name -> host:port of its /metrics (the reducer once it listens)
+        self.metrics: dict[str, str] = {}
+        self._metrics_announced = False
         self._client_tokens: dict[int, str] = {}
         self._issuer: StateStore | None = None  # issues the simulated clients' credentials
         self.reducer_token = secrets.token_urlsafe(24)
@@ -268,7 +283,7 @@ class LocalFederation:
         if self.opts.fresh:
             self._wipe()
         (self.workdir / "logs").mkdir(exist_ok=True)
-        run_dir = self.workdir / "run"
+        run_dir = self.run_dir
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir()
         job_yaml = run_dir / "job.yaml"
@@ -331,11 +346,15 @@ class LocalFederation:
         return ["--job", str(job_yaml), "--job-dir", str(self.job_dir)]
 
     def start_combiner(
-        self, job_yaml: Path, run_dir: Path, name: str, port: int = 0, host: str = "127.0.0.1"
+        self, job_yaml: Path, run_dir: Path, name: str, port: int = 0, host: str = LOOPBACK
     ) -> Proc:
-        """Start one combiner (port 0: any free port, reported through a port file)."""
+        """Start one combiner (port 0: any free port, reported through a port file);
+        its metrics go on another free port, reported through a file of their own."""
         pf = run_dir / f"{name}.port"
         pf.unlink(missing_ok=True)
+        mpf = run_dir / f"{name}.metrics-port"
+        mpf.unlink(missing_ok=True)
+        self.metrics.pop(name, None)
         return self._spawn(
             "combiner",
             name,
@@ -347,15 +366,24 @@ class LocalFederation:
                 f"{host}:{port}",
                 "--port-file",
                 str(pf),
+                "--metrics-port",
+                "0",
+                "--metrics-port-file",
+                str(mpf),
                 "--workdir",
                 str(self.workdir / "combiners" / name),
             ],
         )
 
-    def wait_combiner(self, proc: Proc, run_dir: Path, host: str = "127.0.0.1") -> str:
-        """Wait until a combiner listens; record and return its address."""
+    def wait_combiner(self, proc: Proc, run_dir: Path, host: str = LOOPBACK) -> str:
+        """Wait until a combiner listens; record and return its address (and its
+        metrics address, whose port file is written before the gRPC one)."""
         port = self._wait_port(proc, run_dir / f"{proc.name}.port")
         self.combiners[proc.name] = f"{host}:{port}"
+        mpf = run_dir / f"{proc.name}.metrics-port"
+        if mpf.exists():
+            self.metrics[proc.name] = f"{host}:{int(mpf.read_text())}"
+            self.write_metrics_targets()
         return self.combiners[proc.name]
 
     def start_combiners(self, job_yaml: Path, run_dir: Path) -> dict[str, str]:
@@ -366,7 +394,15 @@ class LocalFederation:
             self.wait_combiner(p, run_dir)
         return self.combiners
 
-    def start_reducer(self, job_yaml: Path) -> Proc:
+    def start_reducer(self, job_yaml: Path, extra: list[str] | None = None) -> Proc:
+        """Start the reducer; its health port (/healthz, /status, /metrics) is a free
+        loopback port, reported through a port file (`poll_reducer_metrics`)."""
+        hpf = self._reducer_health_file()
+        hpf.unlink(missing_ok=True)
+        self.metrics.pop("reducer", None)
+        self._metrics_announced = False
+        env = self._env("reducer")
+        env["FEDKUBE_BIND_HOST"] = LOOPBACK
         return self._spawn(
             "reducer",
             "reducer",
@@ -377,7 +413,13 @@ class LocalFederation:
                 str(self.workdir / "reducer"),
                 "--startup-timeout",
                 str(REDUCER_STARTUP_TIMEOUT),
+                "--health-port",
+                "0",
+                "--health-port-file",
+                str(hpf),
+                *(extra or []),
             ],
+            env=env,
         )
 
     def start_client(
@@ -409,6 +451,61 @@ class LocalFederation:
         n_clients = self.job.spec.clients.simulation.clients if count is None else count
         return [self.start_client(job_yaml, i, n_clients) for i in range(n_clients)]
 
+    # ------------------------------------------------------------ metrics
+
+    @property
+    def metrics_targets_path(self) -> Path:
+        return self.run_dir / METRICS_TARGETS
+
+    def metrics_targets(self) -> list[dict[str, Any]]:
+        """The scrape targets known so far, in Prometheus' file_sd format."""
+        out: list[dict[str, Any]] = []
+        for role in ("reducer", "combiner"):
+            names = [p.name for p in self.procs if p.role == role]
+            addrs = sorted({self.metrics[n] for n in names if n in self.metrics})
+            if addrs:
+                out.append({"targets": addrs, "labels": {"role": role}})
+        return out
+
+    def write_metrics_targets(self) -> Path:
+        """Write the targets file (atomically: Prometheus may read it any time)."""
+        path = self.metrics_targets_path
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.metrics_targets(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    def _reducer_health_file(self) -> Path:
+        return self.run_dir / "reducer.health-port"
+
+    def poll_reducer_metrics(self) -> str | None:
+        """The reducer's metrics address once it listens (its port file is there), else
+        None; the first time, the targets file is rewritten with it."""
+        if "reducer" not in self.metrics:
+            pf = self._reducer_health_file()
+            if not pf.exists():
+                return None
+            self.metrics["reducer"] = f"{LOOPBACK}:{int(pf.read_text())}"
+            self.write_metrics_targets()
+        return self.metrics["reducer"]
+
+    def wait_reducer_metrics(self, proc: Proc, timeout: float = 60.0) -> str:
+        """Wait until the reducer serves its metrics; return host:port."""
+        return proc.wait_ready(
+            self.poll_reducer_metrics, timeout, what="serve its metrics", interval=0.05
+        )
+
+    def _announce_metrics(self) -> None:
+        if self._metrics_announced or self.poll_reducer_metrics() is None:
+            return
+        self._metrics_announced = True
+        where = ", ".join(f"{n} http://{a}{METRICS_PATH}" for n, a in sorted(self.metrics.items()))
+        self.console.print(
+            f"metrics: {where}  (Prometheus file_sd targets: {self.metrics_targets_path})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
     def _watch(self, state: StateStore, reducer: Proc) -> int:
         name = self.job.name
         last_line = ""
@@ -420,6 +517,7 @@ class LocalFederation:
         try:
             while True:
                 rc = reducer.returncode
+                self._announce_metrics()
                 view = self._progress(state, name)
                 if view is not None:
                     if live is not None:

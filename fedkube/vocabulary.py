@@ -15,6 +15,7 @@ checks that the combiner sends no reason outside `Reason`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final
 
@@ -52,6 +53,33 @@ def reducer_silence(
         return None
     silent = now - seen_at
     return silent if silent > stale_after else None
+
+
+#: The headline metric of a job (the FederatedJob's Metric column, the dashboard's Jobs
+#: page) is the first of these it reports.
+HEADLINE_METRICS: Final = ("accuracy", "acc", "f1", "auc", "loss")
+#: How the headline metric's value is written (4 significant digits).
+HEADLINE_FORMAT: Final = ".4g"
+HEADLINE_RULE: Final = (
+    "NAME=VALUE of the first of "
+    + ", ".join(HEADLINE_METRICS)
+    + " in metrics (else the first metric by name)"
+)
+
+
+def headline_name(metrics: Mapping[str, float] | None) -> str | None:
+    """The name of the headline metric among `metrics` (None if there are none)."""
+    if not metrics:
+        return None
+    return next((m for m in HEADLINE_METRICS if m in metrics), None) or sorted(metrics)[0]
+
+
+def headline_metric(metrics: Mapping[str, float] | None) -> str | None:
+    """The headline metric's text, e.g. ``accuracy=0.968`` (None without metrics)."""
+    name = headline_name(metrics)
+    if name is None or metrics is None:
+        return None
+    return f"{name}={float(metrics[name]):{HEADLINE_FORMAT}}"
 
 
 class AttemptStatus(StrEnum):

@@ -13,8 +13,10 @@ Children, in apply order (``build_children``):
 2. Secret ``<job>-tokens``: ``reducer-token`` only, the token the reducer and
    the combiners share (clients hold per-client credentials from ``fedkube
    clients issue``, checked by the combiners against the state store).
-3. Service ``<job>-reducer``: port 8080 ``http`` (``/healthz``, ``/status``).
-4. headless Service ``<job>-combiner``: DNS for each combiner pod, ready or not.
+3. Service ``<job>-reducer``: port 8080 ``metrics`` (``/healthz``, ``/status``,
+   ``/metrics``).
+4. headless Service ``<job>-combiner``: DNS for each combiner pod, ready or not;
+   ports ``grpc`` and ``metrics`` (9090, ``/metrics`` and ``/healthz``).
 5. Service ``<job>-clients``: where clients connect (ClusterIP, NodePort or
    LoadBalancer by ``spec.clients.service``).
 6. StatefulSet ``<job>-combiner``: ``spec.combiners.replicas`` pods (0 when
@@ -25,6 +27,11 @@ Children, in apply order (``build_children``):
 
 Pods roll when the job's configuration changes: their templates carry the
 annotation ``fedkube.dev/config-hash`` (see ``config_hash`` for what it covers).
+
+Prometheus: the reducer and combiner pods, the reducer Service and the
+headless combiner Service carry ``prometheus.io/scrape``, ``prometheus.io/port``
+and ``prometheus.io/path`` (the annotations of the usual Kubernetes scrape
+configs); their containers and the Services name the port ``metrics``.
 """
 
 from __future__ import annotations
@@ -49,7 +56,15 @@ JOB_FILE: Final = f"{JOB_MOUNT}/{JOB_FILE_KEY}"
 WORKDIR: Final = "/var/lib/fedkube"
 TMPDIR: Final = "/tmp"  # the store writes temporary files here; the root FS is read-only
 
-REDUCER_HEALTH_PORT: Final = 8080
+REDUCER_HEALTH_PORT: Final = 8080  # /healthz, /status and /metrics
+#: the combiners' ``--metrics-port`` (COMBINER_METRICS_PORT_ALT when spec.combiners.port is it)
+COMBINER_METRICS_PORT: Final = 9090
+COMBINER_METRICS_PORT_ALT: Final = 9091
+METRICS_PORT_NAME: Final = "metrics"
+METRICS_PATH: Final = "/metrics"  # = fedkube.telemetry.METRICS_PATH
+SCRAPE_ANNOTATION: Final = "prometheus.io/scrape"
+SCRAPE_PORT_ANNOTATION: Final = "prometheus.io/port"
+SCRAPE_PATH_ANNOTATION: Final = "prometheus.io/path"
 REDUCER_TOKEN_ENV: Final = "FEDKUBE_REDUCER_TOKEN"  # = fedkube.rpc.REDUCER_TOKEN_ENV
 CONFIG_HASH_ANNOTATION: Final = "fedkube.dev/config-hash"
 TERMINATION_GRACE_SECONDS: Final = 30
@@ -250,13 +265,36 @@ def _pod_spec(job: FederatedJob, container: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def scrape_annotations(port: int) -> dict[str, str]:
+    """What tells Prometheus to scrape a pod or Service: its metrics port and path."""
+    return {
+        SCRAPE_ANNOTATION: "true",
+        SCRAPE_PORT_ANNOTATION: str(port),
+        SCRAPE_PATH_ANNOTATION: METRICS_PATH,
+    }
+
+
+def combiner_metrics_port(job: FederatedJob) -> int:
+    """The combiners' metrics port: 9090, or 9091 when the gRPC port is 9090."""
+    if job.spec.combiners.port == COMBINER_METRICS_PORT:
+        return COMBINER_METRICS_PORT_ALT
+    return COMBINER_METRICS_PORT
+
+
 def _pod_template(
-    job: FederatedJob, namespace: str, component: str, container: dict[str, Any]
+    job: FederatedJob,
+    namespace: str,
+    component: str,
+    container: dict[str, Any],
+    metrics_port: int,
 ) -> dict[str, Any]:
     return {
         "metadata": {
             "labels": names.labels(job.name, component),
-            "annotations": {CONFIG_HASH_ANNOTATION: config_hash(job, namespace)},
+            "annotations": {
+                CONFIG_HASH_ANNOTATION: config_hash(job, namespace),
+                **scrape_annotations(metrics_port),
+            },
         },
         "spec": _pod_spec(job, container),
     }
@@ -313,36 +351,49 @@ def _service_port(name: str, port: int) -> dict[str, Any]:
 
 
 def build_reducer_service(job: FederatedJob, namespace: str, uid: str) -> dict[str, Any]:
-    """Service ``<job>-reducer``: the reducer's /healthz and /status on port 8080."""
+    """Service ``<job>-reducer``: the reducer's /healthz, /status and /metrics on port
+    8080 (named ``metrics``; annotated for Prometheus)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(
-            names.reducer_service(job.name), job, namespace, uid, names.COMPONENT_REDUCER
+            names.reducer_service(job.name),
+            job,
+            namespace,
+            uid,
+            names.COMPONENT_REDUCER,
+            scrape_annotations(REDUCER_HEALTH_PORT),
         ),
         "spec": {
             "type": "ClusterIP",
             "selector": names.selector(job.name, names.COMPONENT_REDUCER),
-            "ports": [_service_port("http", REDUCER_HEALTH_PORT)],
+            "ports": [_service_port(METRICS_PORT_NAME, REDUCER_HEALTH_PORT)],
         },
     }
 
 
 def build_combiner_headless_service(job: FederatedJob, namespace: str, uid: str) -> dict[str, Any]:
     """Headless Service ``<job>-combiner``: DNS ``<job>-combiner-<i>.<job>-combiner``
-    for each pod, published before the pod is ready so the reducer can dial it."""
+    for each pod, published before the pod is ready so the reducer can dial it; it
+    also carries each pod's metrics port (annotated for Prometheus)."""
     port = job.spec.combiners.port
+    metrics = combiner_metrics_port(job)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(
-            names.combiner_headless_service(job.name), job, namespace, uid, names.COMPONENT_COMBINER
+            names.combiner_headless_service(job.name),
+            job,
+            namespace,
+            uid,
+            names.COMPONENT_COMBINER,
+            scrape_annotations(metrics),
         ),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": names.selector(job.name, names.COMPONENT_COMBINER),
-            "ports": [_service_port("grpc", port)],
+            "ports": [_service_port("grpc", port), _service_port(METRICS_PORT_NAME, metrics)],
         },
     }
 
@@ -408,6 +459,8 @@ def combiner_command(job: FederatedJob, settings: OperatorSettings) -> list[str]
         "$(POD_NAME)",
         "--listen",
         f"0.0.0.0:{job.spec.combiners.port}",
+        "--metrics-port",
+        str(combiner_metrics_port(job)),
         "--workdir",
         WORKDIR,
         "--log-level",
@@ -426,7 +479,9 @@ def build_reducer_deployment(
         **_image(job, settings),
         "command": reducer_command(job, settings),
         "env": env,
-        "ports": [{"name": "http", "containerPort": REDUCER_HEALTH_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": METRICS_PORT_NAME, "containerPort": REDUCER_HEALTH_PORT, "protocol": "TCP"}
+        ],
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": REDUCER_HEALTH_PORT},
             "periodSeconds": 10,
@@ -453,7 +508,9 @@ def build_reducer_deployment(
             "replicas": 1,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": names.selector(job.name, names.COMPONENT_REDUCER)},
-            "template": _pod_template(job, namespace, names.COMPONENT_REDUCER, container),
+            "template": _pod_template(
+                job, namespace, names.COMPONENT_REDUCER, container, REDUCER_HEALTH_PORT
+            ),
         },
     }
 
@@ -487,7 +544,14 @@ def build_combiner_statefulset(
         **_image(job, settings),
         "command": combiner_command(job, settings),
         "env": env,
-        "ports": [{"name": "grpc", "containerPort": port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "grpc", "containerPort": port, "protocol": "TCP"},
+            {
+                "name": METRICS_PORT_NAME,
+                "containerPort": combiner_metrics_port(job),
+                "protocol": "TCP",
+            },
+        ],
         "livenessProbe": {
             "tcpSocket": {"port": port},
             "periodSeconds": 10,
@@ -516,7 +580,9 @@ def build_combiner_statefulset(
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "RollingUpdate"},
             "selector": {"matchLabels": names.selector(job.name, names.COMPONENT_COMBINER)},
-            "template": _pod_template(job, namespace, names.COMPONENT_COMBINER, container),
+            "template": _pod_template(
+                job, namespace, names.COMPONENT_COMBINER, container, combiner_metrics_port(job)
+            ),
         },
     }
 

@@ -36,29 +36,17 @@ from pydantic.alias_generators import to_camel
 from fedkube.operator import names
 from fedkube.operator.builders import combiner_replicas
 from fedkube.spec import FederatedJob
-from fedkube.vocabulary import TERMINAL_PHASES, Phase, reducer_silence
-
-# --------------------------------------------------------------------------
-# The headline metric: one rule for the status and the CRD's documentation.
-
-#: The Metric printer column shows the first of these that the job reports.
-HEADLINE_METRICS: Final = ("accuracy", "acc", "f1", "auc", "loss")
-#: How the Metric column writes the value (4 significant digits).
-HEADLINE_FORMAT: Final = ".4g"
-HEADLINE_RULE: Final = (
-    "NAME=VALUE of the first of "
-    + ", ".join(HEADLINE_METRICS)
-    + " in metrics (else the first metric by name)"
+from fedkube.vocabulary import (
+    HEADLINE_RULE,
+    TERMINAL_PHASES,
+    Phase,
+    headline_metric,
+    reducer_silence,
 )
 
-
-def headline_metric(metrics: Mapping[str, float] | None) -> str | None:
-    """The Metric printer column's text for status.metrics, e.g. ``accuracy=0.968``."""
-    if not metrics:
-        return None
-    name = next((m for m in HEADLINE_METRICS if m in metrics), None) or sorted(metrics)[0]
-    return f"{name}={float(metrics[name]):{HEADLINE_FORMAT}}"
-
+# --------------------------------------------------------------------------
+# The headline metric: one rule (fedkube.vocabulary) for the status, the CRD's
+# documentation and the dashboard.
 
 #: The example the CRD's descriptions show, written by the rule itself.
 HEADLINE_EXAMPLE: Final = headline_metric({"accuracy": 0.968})

@@ -7,7 +7,9 @@ merge.py     merge_round: partials -> merge of the aggregator -> server optimize
 seed.py      SeedMaker: model 0 from seedUri or a client's init task
 validate.py  Validator: client validation of committed models
 events.py    EventLog: the reducer's events in the state store
-health.py    HealthServer: /healthz and /status for probes
+failure.py   Cause, AttemptFailed: why an attempt failed, as a bounded class
+telemetry.py ReducerTelemetry: the reducer's Prometheus metrics
+health.py    HealthServer: /healthz, /status and /metrics
 main.py      run_reducer: the `fedkube reducer` process (signals, health, linger)
 """
 

@@ -1,65 +1,60 @@
-"""A tiny HTTP endpoint for Kubernetes probes and quick looks at a reducer.
+"""A tiny HTTP endpoint for Kubernetes probes, Prometheus and quick looks at a reducer.
 
 GET /healthz -> 200 "ok" while the state store answers (503 otherwise)
 GET /status  -> the job's status as JSON (the same data as `fedkube status -o json`)
+GET /metrics -> the reducer's Prometheus metrics (`fedkube.reducer.telemetry`)
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 
-class HealthServer:
-    def __init__(
-        self, host: str, port: int, healthy: Callable[[], bool], status: Callable[[], Any]
-    ) -> None:
-        outer = self
+from fedkube.telemetry import (
+    HEALTH_PATH,
+    METRICS_PATH,
+    HttpEndpoint,
+    Response,
+    Route,
+    health_route,
+    metrics_route,
+)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/healthz":
-                    ok = outer._safe(healthy, False)
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
-                elif self.path == "/status":
-                    body = outer._safe(status, None)
-                    if body is None:
-                        self._send(503, b"{}\n", "application/json")
-                    else:
-                        data = json.dumps(body, indent=2, default=str).encode() + b"\n"
-                        self._send(200, data, "application/json")
-                else:
-                    self._send(404, b"not found\n", "text/plain")
+STATUS_PATH = "/status"
 
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # probes every few seconds would flood the logs
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @staticmethod
-    def _safe(fn: Callable[[], Any], default: Any) -> Any:
+def _status_route(status: Callable[[], Any]) -> Route:
+    def route() -> Response:
         try:
-            return fn()
+            body = status()
         except Exception:
-            return default
+            body = None
+        if body is None:
+            return 503, b"{}\n", "application/json"
+        return 200, json.dumps(body, indent=2, default=str).encode() + b"\n", "application/json"
+
+    return route
+
+
+class HealthServer(HttpEndpoint):
+    """/healthz, /status and (with a registry) /metrics on host:port (0: a free one)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        healthy: Callable[[], bool],
+        status: Callable[[], Any],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        routes = {HEALTH_PATH: health_route(healthy), STATUS_PATH: _status_route(status)}
+        if registry is not None:
+            routes[METRICS_PATH] = metrics_route(registry)
+        super().__init__(host, port, routes)
 
     def start(self) -> HealthServer:
-        self._thread.start()
+        super().start()
         return self
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

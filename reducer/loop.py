@@ -22,10 +22,12 @@ from fedkube.errors import FedkubeError, RoundFailed, StoreError
 from fedkube.logs import Logger, get_logger
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.reducer.events import EventLog
+from fedkube.reducer.failure import AttemptFailed, Cause, cause_of
 from fedkube.reducer.merge import NamedPartial, StoredModel, merge_round
 from fedkube.reducer.plan import round_plan, weight_cap
 from fedkube.reducer.pool import CombinerPool, CombinerResult
 from fedkube.reducer.seed import SeedMaker
+from fedkube.reducer.telemetry import ReducerTelemetry
 from fedkube.reducer.validate import Validator
 from fedkube.rpc import ClientTLS
 from fedkube.selection import distribute_quota, weighted_metrics
@@ -62,6 +64,9 @@ class ReducerConfig:
     # How often the reducer renews JobRecord.reducer_seen_at while it runs, so that
     # `fedkube status` and the operator can tell a job whose reducer is gone.
     liveness_seconds: float = REDUCER_LIVENESS_SECONDS
+    # The reducer's Prometheus metrics (a registry of their own); None: the
+    # Reducer makes them.
+    telemetry: ReducerTelemetry | None = None
 
 
 @dataclass
@@ -73,9 +78,11 @@ class _Attempt:
     log: Logger
     started: float  # time.monotonic()
     quotas: dict[str, int]
-    wait_s: float = 0.0
-    train_s: float = 0.0
-    merge_s: float = 0.0
+    wait_s: float = 0.0  # until the plans are sent
+    train_s: float = 0.0  # plans sent until the last partial is back
+    aggregate_s: float = 0.0  # the longest combiner's folding of updates (part of train_s)
+    merge_s: float = 0.0  # merging the partials and the server optimizer
+    commit_s: float = 0.0  # writing model r and recording it (up to the state commit)
 
 
 class Reducer:
@@ -92,10 +99,13 @@ class Reducer:
         self.job = cfg.job
         self.spec = cfg.job.spec
         self.name = cfg.job.name
-        self.store = cfg.store
-        self.state = cfg.state
+        self.telemetry = cfg.telemetry or ReducerTelemetry(self.name)
+        self.telemetry.planned_rounds.set(self.spec.rounds)
+        # Every store call is timed and its errors counted (fedkube_*_store_*).
+        self.store = self.telemetry.stores.objects(cfg.store)
+        self.state = self.telemetry.stores.state(cfg.state)
         self.log = get_logger("reducer", job=self.name)
-        self.events = EventLog(cfg.state, self.name, self.log)
+        self.events = EventLog(self.state, self.name, self.log)
         self._stop = threading.Event()
         self.pool = CombinerPool(
             cfg.combiners,
@@ -107,7 +117,9 @@ class Reducer:
             replicas=self._replicas,
             poll_seconds=cfg.poll_seconds,
         )
-        self.validator = Validator(self.job, cfg.state, self.pool, self.events, self.log)
+        self.validator = Validator(
+            self.job, self.state, self.pool, self.events, self.log, telemetry=self.telemetry
+        )
         self._retry_floor: dict[int, int] = {}
         self._closed = threading.Event()
         self._liveness: threading.Thread | None = None
@@ -170,6 +182,7 @@ class Reducer:
             and rec.completed_rounds >= self.spec.rounds
         ):
             self.log.info("job already finished", phase=rec.phase)
+            self.telemetry.completed_rounds.set(rec.completed_rounds)
             return rec.phase
         last = self._recover()
         if rec.phase == Phase.FAILED:
@@ -265,6 +278,8 @@ class Reducer:
                     attempt=r.attempt,
                 )
         last = self.state.last_committed_round(self.name)
+        self.telemetry.completed_rounds.set(last)
+        self.telemetry.current_round.set(last)
         if last > 0:
             committed = {r.round: r for r in self.state.committed_rounds(self.name)}
             rr = committed[last]
@@ -320,12 +335,14 @@ class Reducer:
         limit = self.spec.retry.max_attempts
         while self._failed_attempts(r) < limit:
             attempt = self._attempt_number(r)
+            t0 = time.monotonic()
             try:
                 self._train_attempt(r, attempt)
                 return
             except (RoundFailed, StoreError) as exc:
                 # A storage outage fails the attempt like a missing quorum does: it is
                 # retried after a backoff instead of crashing the reducer.
+                self.telemetry.attempt_failed(cause_of(exc), time.monotonic() - t0)
                 self._attempt_failed(r, attempt, exc)
                 failures = self._failed_attempts(r)
                 delay = min(60.0, self.spec.retry.backoff_seconds * 2 ** max(0, failures - 1))
@@ -365,6 +382,7 @@ class Reducer:
         results = self.pool.run(plan, at.quotas, self._progress_recorder(at))
         at.train_s = time.monotonic() - t1
         good = self._quorum(at, results)
+        at.aggregate_s = max((p.timings.get("aggregate_s", 0.0) for _, p in good), default=0.0)
         t2 = time.monotonic()
         model = merge_round(
             self.job,
@@ -375,7 +393,9 @@ class Reducer:
             workdir=self.cfg.workdir,
             base_sha256=base.sha256 if (base := self.state.get_model(self.name, r - 1)) else None,
         )
-        at.merge_s = time.monotonic() - t2
+        # merge_round also wrote model r: that part is the commit's.
+        at.merge_s = time.monotonic() - t2 - model.write_s
+        at.commit_s = model.write_s
         self._commit(at, results, [p for _, p in good], model)
 
     def _claims(self, r: int) -> list[int]:
@@ -396,13 +416,15 @@ class Reducer:
         at = _Attempt(r, attempt, self.log.bind(round=r, attempt=attempt), time.monotonic(), {})
         self.state.begin_attempt(self.name, r, attempt)
         self.state.update_job(self.name, current_round=r)
+        self.telemetry.current_round.set(r)
         connected = self.pool.wait_for_clients(
             c.per_round, c.min_updates, timeout=c.wait_timeout_seconds
         )
         if sum(connected.values()) < c.min_updates:
-            raise RoundFailed(
+            raise AttemptFailed(
+                Cause.NO_CLIENTS,
                 f"only {sum(connected.values())} clients connected, "
-                f"clients.minUpdates is {c.min_updates}"
+                f"clients.minUpdates is {c.min_updates}",
             )
         at.quotas = distribute_quota(c.per_round, connected)
         at.wait_s = time.monotonic() - at.started
@@ -452,7 +474,9 @@ class Reducer:
         n_updates = sum(p.n_updates for _, p in good)
         need = self.spec.clients.min_updates
         if n_updates < need:
-            raise RoundFailed(f"{n_updates} updates aggregated, clients.minUpdates is {need}")
+            raise AttemptFailed(
+                Cause.NO_QUORUM, f"{n_updates} updates aggregated, clients.minUpdates is {need}"
+            )
         return good
 
     def _commit(
@@ -463,15 +487,19 @@ class Reducer:
         model: StoredModel,
     ) -> None:
         """Commit the attempt as round r (once only), then record model r's lineage."""
+        t0 = time.monotonic()
         r = at.round
         # Weighted as the partials are merged (claims capped by spec.weights, or counts).
         metrics = weighted_metrics([(dict(p.metrics), p.weight) for p in partials])
         n_updates = sum(p.n_updates for p in partials)
+        now = time.monotonic()
         timings = {
             "wait_s": at.wait_s,
             "train_s": at.train_s,
+            "aggregate_s": at.aggregate_s,
             "merge_s": at.merge_s,
-            "total_s": time.monotonic() - at.started,
+            "commit_s": at.commit_s + (now - t0),
+            "total_s": now - at.started,
         }
         committed = self.state.commit_round(
             self.name,
@@ -488,6 +516,7 @@ class Reducer:
         if not committed:
             at.log.warning("round was already committed; nothing changed")
             return
+        self.telemetry.round_committed(r, n_updates, timings)
         parent = model_key(self.name, r - 1)
         self.state.add_model(
             ModelRecord(self.name, r, model.key, parent, model.sha256, model.size, time.time())

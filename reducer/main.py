@@ -1,9 +1,9 @@
 """Run a reducer process: `fedkube reducer ...` lands here.
 
 Runs the job's round loop; with a health port it also serves ``/healthz`` and
-``/status`` (for Kubernetes probes), and with ``linger`` it keeps serving after
-the job finished, until SIGTERM, so a Deployment's pod is not restarted in a
-loop.
+``/status`` (for Kubernetes probes) and ``/metrics`` (Prometheus), and with
+``linger`` it keeps serving after the job finished, until SIGTERM, so a
+Deployment's pod is not restarted in a loop.
 
 No phase outlives its process:
 
@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fedkube.errors import FedkubeError
@@ -36,6 +37,7 @@ from fedkube.report import job_status
 from fedkube.spec import FederatedJob
 from fedkube.state import EventRecord, StateStore, open_state_store
 from fedkube.store import ObjectStore, model_key, open_object_store
+from fedkube.telemetry import write_port_file
 from fedkube.vocabulary import EventKind, Phase
 
 #: default of ``fedkube reducer --startup-timeout`` (seconds)
@@ -190,7 +192,11 @@ def _guarded(reducer: Reducer) -> str:
         raise ReducerFailed(reason) from None
 
 
-def _health(cfg: ReducerConfig, reducer: Reducer, port: int | None) -> HealthServer | None:
+def _health(
+    cfg: ReducerConfig, reducer: Reducer, port: int | None, port_file: Path | None
+) -> HealthServer | None:
+    """The health endpoint on `port` (0: a free one, written to `port_file`), bound to
+    $FEDKUBE_BIND_HOST (default all interfaces); None without a port."""
     if port is None:
         return None
     health = HealthServer(
@@ -198,15 +204,25 @@ def _health(cfg: ReducerConfig, reducer: Reducer, port: int | None) -> HealthSer
         port,
         healthy=lambda: _state_answers(cfg.state, cfg.job.name),
         status=lambda: job_status(cfg.state, cfg.job.name),
+        registry=reducer.telemetry.registry,
     ).start()
-    reducer.log.info("health endpoint listening", port=health.port)
+    if port_file is not None:
+        write_port_file(port_file, health.port)
+    reducer.log.info("health endpoint listening", port=health.port, metrics="/metrics")
     return health
 
 
-def run_reducer(cfg: ReducerConfig, *, health_port: int | None = None, linger: bool = False) -> str:
+def run_reducer(
+    cfg: ReducerConfig,
+    *,
+    health_port: int | None = None,
+    health_port_file: Path | None = None,
+    linger: bool = False,
+) -> str:
     """Run the job; return its final phase. SIGTERM stops the loop (exit 143) and puts
     a Running job back to Pending; an unexpected error records it Failed and raises
-    ReducerFailed."""
+    ReducerFailed. With `health_port` it serves /healthz, /status and /metrics there
+    (0: a free port, written to `health_port_file`)."""
     reducer = Reducer(cfg)
     stopped = threading.Event()
 
@@ -217,7 +233,7 @@ def run_reducer(cfg: ReducerConfig, *, health_port: int | None = None, linger: b
         raise SystemExit(143)
 
     signal.signal(signal.SIGTERM, _term)
-    health = _health(cfg, reducer, health_port)
+    health = _health(cfg, reducer, health_port, health_port_file)
     try:
         phase = _guarded(reducer)
         if phase == Phase.RUNNING:  # stopped before the end

@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fedkube.aggregate import Partial, PartialError, make_partial_merge, make_server_optimizer
-from fedkube.errors import ModelFileError, RoundFailed
+from fedkube.errors import ModelFileError
 from fedkube.model import (
     MappedModel,
     check_compatible,
@@ -33,6 +34,7 @@ from fedkube.model import (
     save_model,
     sha256_file,
 )
+from fedkube.reducer.failure import AttemptFailed, Cause
 from fedkube.spec import FederatedJob
 from fedkube.store import ObjectStore, model_key, optimizer_key
 
@@ -46,6 +48,7 @@ class StoredModel:
     key: str
     sha256: str
     size: int
+    write_s: float = 0.0  # seconds spent writing it (serialising and storing)
 
 
 @dataclass(frozen=True)
@@ -70,24 +73,27 @@ def merge_round(
     base_sha256: str | None = None,
 ) -> StoredModel:
     """Model `round` from model `round - 1` and the partials; stores it (and the
-    optimizer state). Raises RoundFailed naming the combiner of an invalid partial,
-    or when model `round - 1` is not the one committed (`base_sha256`, its lineage)."""
+    optimizer state). Raises RoundFailed (`AttemptFailed`) naming the combiner of an
+    invalid partial, or when model `round - 1` is not the one committed
+    (`base_sha256`, its lineage)."""
     work = Path(tempfile.mkdtemp(prefix=f"merge-{round}-", dir=workdir))
     try:
         gpath = store.fetch(model_key(job.name, round - 1), work / "global.safetensors")
         if base_sha256 and (actual := sha256_file(gpath)) != base_sha256:
-            raise RoundFailed(
+            raise AttemptFailed(
+                Cause.MODEL_CHANGED,
                 f"the global model of round {round - 1} changed after it was committed "
                 f"(sha256 {actual[:12]}..., recorded {base_sha256[:12]}...); refusing to "
-                "aggregate against it"
+                "aggregate against it",
             )
         aggregated = _merge_partials(job, store, gpath, partials, work)
         new_model = _server_step(job, store, round, gpath, aggregated, work)
+        t0 = time.monotonic()
         out = work / "model.safetensors"
         sha = save_model(out, new_model, {"round": str(round), "attempt": str(attempt)})
         key = model_key(job.name, round)
         store.put_file(key, out)
-        return StoredModel(key, sha, out.stat().st_size)
+        return StoredModel(key, sha, out.stat().st_size, time.monotonic() - t0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -105,15 +111,19 @@ def _merge_partials(
                 check_compatible(template, p.model.header)
                 check_finite(p.model)
             except ModelFileError as exc:
-                raise RoundFailed(f"partial of combiner {p.name} is invalid: {exc}") from None
+                raise _invalid(f"partial of combiner {p.name} is invalid: {exc}") from None
         try:
             return merge.merge(opened)
         except PartialError as exc:
-            raise RoundFailed(f"partial of combiner {exc.name} is invalid: {exc.problem}") from None
+            raise _invalid(f"partial of combiner {exc.name} is invalid: {exc.problem}") from None
         except ValueError as exc:
-            raise RoundFailed(
+            raise _invalid(
                 f"cannot merge the partials ({job.spec.aggregator.name}): {exc}"
             ) from None
+
+
+def _invalid(message: str) -> AttemptFailed:
+    return AttemptFailed(Cause.INVALID_PARTIAL, message)
 
 
 def _open_partial(
@@ -127,7 +137,7 @@ def _open_partial(
     try:
         mm = stack.enter_context(MappedModel(ppath, max_bytes=job.spec.model.max_bytes))
     except ModelFileError as exc:
-        raise RoundFailed(f"partial of combiner {p.combiner} is invalid: {exc}") from None
+        raise _invalid(f"partial of combiner {p.combiner} is invalid: {exc}") from None
     return Partial(name=p.combiner, model=mm, weight=p.weight, n_updates=p.n_updates)
 
 

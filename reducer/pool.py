@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from fedkube.errors import RoundFailed
 from fedkube.logs import Logger
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
+from fedkube.reducer.failure import AttemptFailed, Cause
 from fedkube.rpc import ClientTLS, bearer, open_channel
 
 #: Status codes of a combiner that will not work with this reducer (not a blip).
@@ -122,7 +122,9 @@ class CombinerPool:
             st = stub.Status(pb.StatusRequest(), metadata=self._md, timeout=5)
         except grpc.RpcError as exc:
             if exc.code() in _REFUSALS:
-                raise RoundFailed(f"combiner {name} refused the reducer: {exc.details()}") from None
+                raise AttemptFailed(
+                    Cause.COMBINER_REFUSED, f"combiner {name} refused the reducer: {exc.details()}"
+                ) from None
             if name not in self._unreachable:  # say it once, not every poll
                 self._log.warning("combiner unreachable", combiner=name, error=exc.details())
                 self._unreachable.add(name)

@@ -16,6 +16,7 @@ from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.reducer.events import EventLog
 from fedkube.reducer.plan import round_plan
 from fedkube.reducer.pool import CombinerPool, useful_partials
+from fedkube.reducer.telemetry import ReducerTelemetry, ValidationOutcome
 from fedkube.selection import distribute_quota, weighted_metrics
 from fedkube.spec import FederatedJob
 from fedkube.state import StateStore
@@ -31,8 +32,11 @@ class Validator:
         pool: CombinerPool,
         events: EventLog,
         log: Logger,
+        *,
+        telemetry: ReducerTelemetry | None = None,
     ) -> None:
         self.job, self.state, self.pool, self.events, self.log = job, state, pool, events, log
+        self.telemetry = telemetry
 
     def due(self, r: int) -> bool:
         spec = self.job.spec
@@ -45,16 +49,19 @@ class Validator:
         if not self.due(r) or (resume and self._validated(r)):
             return
         try:
-            self._validate(r)
+            outcome = self._validate(r)
         except StoreError as exc:  # the round is committed; its validation is best effort
+            outcome = ValidationOutcome.FAILED
             self.events(EventKind.VALIDATION_FAILED, f"round {r}: {exc}", "warning", round=r)
             self.log.warning("validation failed", round=r, error=str(exc))
+        if self.telemetry is not None:
+            self.telemetry.validated(outcome)
 
     def _validated(self, r: int) -> bool:
         done = [x for x in self.state.committed_rounds(self.job.name) if x.round == r]
         return bool(done and done[0].validation)
 
-    def _validate(self, r: int) -> None:
+    def _validate(self, r: int) -> ValidationOutcome:
         spec = self.job.spec
         v = spec.validation
         connected = self.pool.wait_for_clients(
@@ -81,8 +88,9 @@ class Validator:
                 "warning",
                 round=r,
             )
-            return
+            return ValidationOutcome.INCOMPLETE
         self._record(r, partials, reports)
+        return ValidationOutcome.COMPLETED
 
     def _record(self, r: int, partials: list[pb.Partial], reports: int) -> None:
         name = self.job.name

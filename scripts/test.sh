@@ -23,6 +23,12 @@ if ! bash scripts/build_k8s.sh >/dev/null; then
   case "${CI:-}" in 1|true|TRUE|True|yes) exit 1 ;; esac
   echo "warning: no Kubernetes test binaries; the Kubernetes tests will be skipped" >&2
 fi
+# The dashboard's browser test drives Debian's chromium; the metrics test runs
+# Debian's prometheus server.
+if ! bash scripts/system_deps.sh; then
+  case "${CI:-}" in 1|true|TRUE|True|yes) exit 1 ;; esac
+  echo "warning: no chromium/prometheus; the browser and Prometheus tests will be skipped" >&2
+fi
 echo "==> pytest"
 set +e
 python -m pytest -q -p no:cacheprovider "$@"

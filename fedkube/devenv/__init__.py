@@ -8,6 +8,8 @@ against real S3, MongoDB and Kubernetes. I/O side.
 - ``fedkube.devenv.k8s``: a Kubernetes control plane, etcd +
   kube-apiserver + kube-controller-manager (``start``, ``K8sEnv``,
   ``stop_dir``);
+- ``fedkube.devenv.prometheus``: a Prometheus server (Debian's package, or
+  ``$PROMETHEUS_BIN``) scraping a local run's metrics targets;
 - ``fedkube.devenv.base``: what the S3 and MongoDB servers share (a
   temporary data directory, start on free ports, stop and clean up).
 

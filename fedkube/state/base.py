@@ -17,7 +17,7 @@ import abc
 import dataclasses
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +27,9 @@ from fedkube.vocabulary import AttemptStatus, ClientStatus, Phase
 
 #: the version of the stored layout (tables, collections) this fedkube reads and writes.
 #: 2 added client credentials, ``UpdateRecord.weight`` and ``JobRecord.reducer_seen_at``;
-#: a version-1 store is upgraded in place when opened.
-SCHEMA_VERSION = 2
+#: 3 added ``UpdateRecord.train_s`` and ``UpdateRecord.message`` (for the dashboard).
+#: An older store is upgraded in place when opened.
+SCHEMA_VERSION = 3
 #: the MongoDB database of a store whose URI names none
 DEFAULT_DATABASE = "fedkube"
 
@@ -88,6 +89,11 @@ class UpdateRecord:
     sha256: str = ""
     at: float = 0.0
     weight: float = 0.0  # what the update counted for (num_examples after spec.weights)
+    #: seconds from the task's push to the client's report (the combiner's clock): the
+    #: client's download, training and upload
+    train_s: float = 0.0
+    #: what went wrong, for a rejected or failed update (at most MAX_UPDATE_MESSAGE chars)
+    message: str = ""
 
 
 @dataclass
@@ -141,6 +147,60 @@ class ModelRecord:
     sha256: str
     size: int
     created_at: float = 0.0
+
+
+#: the longest UpdateRecord.message a store keeps (longer ones are cut)
+MAX_UPDATE_MESSAGE = 500
+
+
+@dataclass
+class JobOverview:
+    """One row of the dashboard's Jobs page: the job and its clients, counted."""
+
+    job: JobRecord
+    clients: int  # clients ever seen (ClientRecord rows)
+    connected: int  # of those, connected now (ClientStatus.CONNECTED)
+
+
+@dataclass
+class UpdateCount:
+    """Update records of one attempt counted by combiner, status and reason."""
+
+    round: int
+    attempt: int
+    combiner: str
+    status: str  # AssignmentStatus: accepted | rejected | failed
+    reason: str  # a Reason, "" for accepted updates
+    count: int
+    weight: float  # summed UpdateRecord.weight (what the accepted updates counted for)
+
+
+@dataclass
+class ParticipationCell:
+    """How many update records one client has in one round with one status."""
+
+    client: str
+    round: int
+    status: str
+    count: int
+
+
+@dataclass
+class ClientSummary:
+    """One row of the dashboard's Clients page: a ClientRecord and its updates, counted."""
+
+    client: str
+    combiner: str
+    status: str  # ClientStatus
+    last_seen: float
+    participations: int  # ClientRecord.participations
+    rounds: int  # distinct rounds with an accepted update
+    accepted: int
+    rejected: int  # refused by a check (a Reason of the report or the file)
+    failed: int  # no usable result (client error, lost, deadline, ...)
+    mean_train_s: float | None  # over accepted updates that recorded train_s (> 0)
+    last_error: str  # "reason: message" of the latest rejected or failed update, "" if none
+    last_error_at: float | None
 
 
 #: every JobRecord field; update_job may set all of them but `name`
@@ -283,8 +343,10 @@ class StateStore(abc.ABC):
         committed attempt of that round (idempotent; last write wins)."""
 
     @abc.abstractmethod
-    def get_rounds(self, job: str) -> list[RoundRecord]:
-        """Every attempt of every round, sorted by (round, attempt)."""
+    def get_rounds(self, job: str, *, participants: bool = True) -> list[RoundRecord]:
+        """Every attempt of every round, sorted by (round, attempt). With
+        ``participants=False`` the (large) participant lists are left empty and
+        not read: what the dashboard asks for."""
 
     def committed_rounds(self, job: str) -> list[RoundRecord]:
         return [r for r in self.get_rounds(job) if r.status == AttemptStatus.COMPLETED]
@@ -302,6 +364,52 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def list_updates(self, job: str, round: int | None = None) -> list[UpdateRecord]:
         """Sorted by (round, attempt, client)."""
+
+    # ---- aggregate queries (the dashboard): computed by the backend (SQL, MongoDB
+    # aggregation pipelines), fast for 1,000 rounds x 1,000 clients
+    @abc.abstractmethod
+    def job_overviews(self) -> list[JobOverview]:
+        """Every job with its client counts, sorted by name."""
+
+    @abc.abstractmethod
+    def count_updates(
+        self, job: str, *, round_from: int | None = None, round_to: int | None = None
+    ) -> list[UpdateCount]:
+        """The job's update records (rounds round_from..round_to inclusive, when given)
+        grouped by (round, attempt, combiner, status, reason), sorted by those."""
+
+    @abc.abstractmethod
+    def participation(
+        self, job: str, *, clients: Sequence[str], round_from: int, round_to: int
+    ) -> list[ParticipationCell]:
+        """Update records of `clients` in rounds round_from..round_to (inclusive),
+        grouped by (client, round, status), sorted by (client, round, status)."""
+
+    @abc.abstractmethod
+    def client_summaries(self, job: str) -> list[ClientSummary]:
+        """Every client of the job (its ClientRecords) with its updates counted,
+        sorted by client."""
+
+    @abc.abstractmethod
+    def query_events(
+        self,
+        job: str,
+        *,
+        kinds: Sequence[str] = (),
+        levels: Sequence[str] = (),
+        round: int | None = None,
+        client: str | None = None,
+        combiner: str | None = None,
+        before_seq: int | None = None,
+        limit: int = 200,
+    ) -> list[EventRecord]:
+        """The job's newest events first (seq descending), at most `limit`, that match
+        every filter given (an empty sequence or None filters nothing); with
+        `before_seq`, only events with a smaller seq (the next page)."""
+
+    @abc.abstractmethod
+    def count_events(self, job: str) -> dict[str, int]:
+        """The job's number of events per kind."""
 
     # ---- events
     @abc.abstractmethod

@@ -1,9 +1,12 @@
 """MongoStateStore: the StateStore contract on MongoDB (or FerretDB) via pymongo.
 
-Collections: jobs, rounds, progress, updates, events, clients, models,
-commits, meta. Unique indexes make every write idempotent (keys derive from
-job / round / attempt / client). No multi-document transactions are used, so
-the store also works on a standalone server.
+Collections: jobs, rounds, progress, participants, updates, updates_recent,
+legacy_rounds, events (with event_pages and event_blocks), clients, models,
+commits, credentials, meta, and the round rollups (rollup_keys, rollup_cells,
+rollup_clients, rollup_counts, rollup_client_blocks). Unique indexes make
+every write idempotent (keys derive from job / round / attempt / client). No
+multi-document transactions are used, so the store also works on a
+standalone server.
 
 Whatever concurrent writers may race on is decided by a single-document
 insert against a unique index, never by the atomicity of an update: FerretDB
@@ -27,6 +30,66 @@ document can be lost there (seen: 4 threads x 100 ``$inc`` gave 128).
 Free-form dicts (manifest, metrics, timings, validation, combiners) are stored
 as JSON strings: their keys may contain '.' or start with '$' (Kubernetes
 annotations, metric names), which MongoDB field names do not allow everywhere.
+
+Built for FerretDB as much as for MongoDB. FerretDB v1 (SQLite handler, what
+the tests and bench/dashboard_queries.py run) uses no index for any query, not
+even ``_id`` lookups (its SQLite indexes are on another expression than its
+queries), and decodes every document of a collection a query reads: ~50 us
+per document, its ``$group`` slower still, with only ``$sum``/``$count`` as
+accumulators and only the first accumulator of a ``$group`` computed (later
+ones come out 0: pipelines here have one each). What the dashboard reads must
+therefore live in collections with few documents, large values packed
+(zlib-compressed) into single binary values:
+
+- a committed attempt's participant list (1,000 client ids) is one packed JSON
+  list in its own ``participants`` document (the commit payload names it by
+  ``participants_id``, a fresh id per commit_round call, so a losing or
+  repeated commit never mixes lists); get_rounds(participants=False) does not
+  read that collection. Schema-2 documents keep their inline lists and are read
+  as such.
+- a committed attempt's ``progress`` documents are deleted after the commit
+  (the commit payload's combiners replace them; a late one is ignored).
+- events: see fedkube/state/mongo_events.py (an inbox plus archived pages of
+  EVENT_BLOCK events).
+- update records: the dashboard reads *round rollups* (mongo_rollups.py)
+  instead, documents counting a round's records, built when it is committed.
+  Correct under concurrent writers with inserts and deletes of copies only:
+
+  1. record_update inserts the record into ``updates`` (the unique index
+     refuses a duplicate, as before), then a *recent copy* of it into
+     ``updates_recent`` (same ``_id``, the fields a rollup reads).
+  2. after a commit, the committer reads every record of the round from
+     ``updates`` and inserts their rollup: ``rollup_keys`` (the (attempt,
+     client) of each record counted) first, then ``rollup_cells``,
+     ``rollup_clients``, ``rollup_counts``, all under one ``_id`` derived from
+     the round and those keys (the same records give the same documents; a
+     concurrent writer's duplicate is ignored). Then it deletes the recent
+     copies of the records it counted. A round's rollups only grow: each
+     counts every record there was when it was built.
+  3. a reader reads the round's recent copies first, then its rollups, and
+     takes the latest rollup (the most records) plus the copies whose key it
+     did not count (with none: the copies alone). Every record the rollup did
+     not count was recorded after it was built, so its copy is there unless it
+     was deleted, and only a rollup that counted it deletes it -- one inserted
+     before the delete, so seen by the later read of rollups, and the latest.
+  4. each commit also rolls up again (newest first, a few per commit) rounds
+     that have copies left (late records, e.g. a deadline report that lands
+     after the commit) and committed rounds without a rollup (a crash after
+     the commit, or rounds of a store created before schema 3, which the
+     upgrade lists in ``legacy_rounds``: until then those are read live from
+     ``updates``).
+  5. client_summaries would still merge 1,000 rounds x 1,000 clients, so a
+     commit that completes a block of BLOCK_ROUNDS rounds (or rolls up a round
+     of a past block again) also inserts the block's merged client rollups
+     (``rollup_client_blocks``), naming the rollups it merged; a reader uses
+     it while each of those is still its round's latest and the round has no
+     copies.
+
+  A record whose copy was not written (its writer died between the two
+  inserts) is missing from the dashboard until its round is committed. A
+  rollup is built by one read of the round's records: an index range scan on
+  MongoDB, a scan of the whole updates collection on FerretDB (as
+  list_updates is there). Reading a running round costs its copies.
 """
 
 from __future__ import annotations
@@ -38,7 +101,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -47,24 +111,33 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from fedkube.errors import StateError
+from fedkube.logs import get_logger
 from fedkube.state.base import (
     DEFAULT_DATABASE,
     JOB_FIELDS,
     JOB_JSON_FIELDS,
+    MAX_UPDATE_MESSAGE,
     SCHEMA_VERSION,
     ClientRecord,
+    ClientSummary,
     CredentialRecord,
     EventRecord,
+    JobOverview,
     JobRecord,
     ModelRecord,
+    ParticipationCell,
     RoundRecord,
     StateStore,
+    UpdateCount,
     UpdateRecord,
     check_schema_version,
     encode_json,
     encode_json_fields,
     now,
 )
+from fedkube.state.mongo_events import EVENT_BLOCK, EventArchive, EventFilter
+from fedkube.state.mongo_queries import DashboardQueries, RollupCollections, Rollups
+from fedkube.state.mongo_rollups import pack, unpack
 from fedkube.vocabulary import AttemptStatus
 
 #: server selection timeout unless the URI sets serverSelectionTimeoutMS
@@ -75,6 +148,7 @@ _SENSITIVE_OPTION = re.compile(r"password|secret|token|authmechanismproperties",
 _ROUND_JSON = frozenset({"metrics", "validation", "timings", "combiners"})
 #: inserts an event may lose to concurrent writers before add_event gives up
 _SEQ_RETRIES = 1000
+_log = get_logger("state")
 
 Doc = dict[str, Any]
 
@@ -147,7 +221,7 @@ def _round(doc: Doc) -> RoundRecord:
     d: Doc = {**_ROUND_DEFAULTS, **_strip_id(doc)}
     for k in _ROUND_JSON:
         d[k] = json.loads(d[k] or "{}")
-    d["participants"] = list(d["participants"] or [])
+    d["participants"] = list(d["participants"] or [])  # a schema-2 inline list
     keys = ("job", "round", "attempt", *_ROUND_DEFAULTS)
     return RoundRecord(**{k: d[k] for k in keys})
 
@@ -180,6 +254,13 @@ class MongoStateStore(StateStore):
         self._commits: Collection[Doc] = db["commits"]
         self._credentials: Collection[Doc] = db["credentials"]
         self._meta: Collection[Doc] = db["meta"]
+        self._participants: Collection[Doc] = db["participants"]
+        self._archive = EventArchive(
+            self._events, db["event_pages"], db["event_blocks"], EVENT_BLOCK
+        )
+        rc = RollupCollections.of(db)
+        self._rollups = Rollups(rc)
+        self._queries = DashboardQueries(rc)
         self._ready = False
         self._init_lock = threading.Lock()
 
@@ -234,6 +315,9 @@ class MongoStateStore(StateStore):
                     [("job", ASCENDING), ("token_id", ASCENDING)], unique=True
                 )
                 self._credentials.create_index([("digest", ASCENDING)], unique=True)
+                self._participants.create_index([("job", ASCENDING), ("round", ASCENDING)])
+                self._rollups.create_indexes()
+                self._archive.blocks.create_index([("job", ASCENDING), ("first", ASCENDING)])
             with self._errors("check schema version"):
                 with contextlib.suppress(DuplicateKeyError):
                     self._meta.update_one(
@@ -245,14 +329,36 @@ class MongoStateStore(StateStore):
             version = int((doc or {}).get("version", SCHEMA_VERSION))
             check_schema_version(f"{self.uri} (database {self.database})", version)
             if version < SCHEMA_VERSION:
-                # Version 2 added fields with defaults (read as such from older
-                # documents) and the credentials collection: nothing to rewrite.
                 with self._errors("upgrade schema version"):
+                    self._upgrade(version)
                     self._meta.update_one(
                         {"_id": "schema", "version": {"$lt": SCHEMA_VERSION}},
                         {"$set": {"version": SCHEMA_VERSION}},
                     )
             self._ready = True
+
+    def _upgrade(self, version: int) -> None:
+        """Bring an older store's documents up to SCHEMA_VERSION (idempotent: a
+        process that stops half-way leaves the version as it was, the next redoes it).
+
+        Version 2 added fields with defaults (read as such from older documents)
+        and the credentials collection: nothing to rewrite. Version 3 added
+        UpdateRecord.train_s and .message (defaults again) and the documents the
+        dashboard reads: the rounds of the existing records are listed in
+        legacy_rounds (they have no recent copies; read live until a later commit
+        rolls them up) and the complete blocks of old events are archived.
+        """
+        if version >= 3:
+            return
+        for g in self._updates.aggregate(
+            [{"$group": {"_id": {"job": "$job", "round": "$round"}, "n": {"$sum": 1}}}]
+        ):
+            self._rollups.register_legacy(g["_id"]["job"], int(g["_id"]["round"]))
+        for g in self._events.aggregate([{"$group": {"_id": "$job", "n": {"$sum": 1}}}]):
+            last = self._events.find_one({"job": g["_id"]}, sort=[("seq", DESCENDING)])
+            if last is not None:
+                newest = self._archive.first_of(int(last["seq"]))
+                self._archive.archive(g["_id"], upto=newest - 1)
 
     def _upsert(self, coll: Collection[Doc], flt: Doc, update: Doc) -> None:
         """update_one(upsert=True), retried once: two concurrent upserts of the same
@@ -322,9 +428,10 @@ class MongoStateStore(StateStore):
             doc = self._rounds.find_one(key)
             commit = self._commit_of(job, round)
             progress = list(self._progress.find(key))
+            lists = self._list_of(commit)
         if doc is None:
             raise StateError(f"state store {self.uri}: attempt {key} vanished after insert")
-        return self._overlay(doc, commit, progress)
+        return self._overlay(doc, commit, progress, lists)
 
     def set_progress(
         self, job: str, round: int, attempt: int, combiner: str, progress: dict[str, Any]
@@ -382,11 +489,13 @@ class MongoStateStore(StateStore):
         self._init()
         key = self._key(job, round, attempt)
         payload = encode_json_fields(result, _ROUND_JSON)
+        participants = payload.pop("participants")
         with self._errors(f"commit job {job!r} round {round} attempt {attempt}"):
             existing = self._commit_of(job, round)
             if existing is not None:
                 if existing.get("attempt") == attempt:
                     self._apply_commit(existing)  # finish a commit cut short by a crash
+                    self._after_commit(job, round, attempt)
                 return False
             doc = self._rounds.find_one(key)
             if doc is not None and doc.get("status") == AttemptStatus.FAILED:
@@ -394,6 +503,12 @@ class MongoStateStore(StateStore):
                     f"commit_round: attempt {attempt} of job {job!r} round {round} already "
                     f"failed ({doc.get('reason', '')}); start a new attempt"
                 )
+            # The list first, under an id of this call only (the payload names it).
+            pid = encode_json([job, round, attempt, uuid.uuid4().hex])
+            self._participants.insert_one(
+                {"_id": pid, **key, "participants": pack(encode_json(list(participants)))}
+            )
+            payload["participants_id"] = pid
             commit = {**key, "at": result["completed_at"], "payload": payload}
             try:
                 self._commits.insert_one(commit)
@@ -403,7 +518,26 @@ class MongoStateStore(StateStore):
                     self._apply_commit(existing)
                 return False
             self._apply_commit(commit)
+        self._after_commit(job, round, attempt)
         return True
+
+    def _committed_rounds(self, job: str) -> set[int]:
+        return {int(d["round"]) for d in self._commits.find({"job": job}, {"round": True})}
+
+    def _after_commit(self, job: str, round: int, attempt: int) -> None:
+        """Drop the committed attempt's progress documents and build the round's
+        rollups (and repair a few earlier ones). Best effort: the commit stands
+        whatever happens here; a round without a clean rollup is read live."""
+        try:
+            self._progress.delete_many(self._key(job, round, attempt))
+            self._rollups.refresh(job, round, self._committed_rounds(job))
+        except PyMongoError as exc:
+            _log.warning(
+                "cannot build the round's rollups; the dashboard reads its records",
+                job=job,
+                round=round,
+                error=str(exc),
+            )
 
     def set_validation(
         self, job: str, round: int, metrics: dict[str, float], num_examples: int
@@ -420,9 +554,16 @@ class MongoStateStore(StateStore):
             )
 
     @staticmethod
-    def _overlay(doc: Doc, commit: Doc | None, progress: list[Doc]) -> RoundRecord:
+    def _overlay(
+        doc: Doc,
+        commit: Doc | None,
+        progress: list[Doc],
+        participants: dict[str, list[str]] | None = None,
+    ) -> RoundRecord:
         """The round record of `doc`: a commit of this attempt overrides it; else the
-        attempt's per-combiner `progress` documents are merged into `combiners`."""
+        attempt's per-combiner `progress` documents are merged into `combiners`.
+        `participants` (participants_id -> list) fills a committed attempt's list;
+        None leaves every list empty (get_rounds(participants=False))."""
         if commit is not None and commit.get("attempt") == doc.get("attempt"):
             doc = {**doc, **(commit.get("payload") or {}), "status": AttemptStatus.COMPLETED}
         elif progress:
@@ -430,16 +571,38 @@ class MongoStateStore(StateStore):
             for p in sorted(progress, key=lambda p: str(p["combiner"])):
                 combiners[p["combiner"]] = json.loads(p.get("progress") or "{}")
             doc = {**doc, "combiners": encode_json(combiners)}
+        if participants is None:
+            doc = {**doc, "participants": []}
+        elif "participants_id" in doc:
+            doc = {**doc, "participants": participants.get(doc["participants_id"], [])}
         return _round(doc)
 
-    def get_rounds(self, job: str) -> list[RoundRecord]:
+    def _list_of(self, commit: Doc | None) -> dict[str, list[str]]:
+        """The participant list a commit names ({} for none or a schema-2 commit)."""
+        pid = ((commit or {}).get("payload") or {}).get("participants_id")
+        if not isinstance(pid, str):
+            return {}
+        doc = self._participants.find_one({"_id": pid})
+        return {pid: json.loads(unpack(doc["participants"]))} if doc else {}
+
+    def _participant_lists(self, job: str) -> dict[str, list[str]]:
+        return {
+            d["_id"]: json.loads(unpack(d["participants"]))
+            for d in self._participants.find({"job": job})
+        }
+
+    def get_rounds(self, job: str, *, participants: bool = True) -> list[RoundRecord]:
         self._init()
         with self._errors(f"get rounds of job {job!r}"):
-            docs = list(self._rounds.find({"job": job}))
-            commits = {c["round"]: c for c in self._commits.find({"job": job})}
+            # Schema-2 documents hold their lists inline: leave them out when unread.
+            skip = None if participants else {"participants": False}
+            docs = list(self._rounds.find({"job": job}, skip))
+            skip = None if participants else {"payload.participants": False}
+            commits = {c["round"]: c for c in self._commits.find({"job": job}, skip)}
             progress: dict[tuple[int, int], list[Doc]] = {}
             for p in self._progress.find({"job": job}):
                 progress.setdefault((p["round"], p["attempt"]), []).append(p)
+            lists = self._participant_lists(job) if participants else None
         seen = {(d["round"], d["attempt"]) for d in docs}
         # A commit whose round document was never written still counts.
         for c in commits.values():
@@ -448,7 +611,9 @@ class MongoStateStore(StateStore):
                     {**self._key(job, c["round"], c["attempt"]), "started_at": c.get("at", 0.0)}
                 )
         records = [
-            self._overlay(d, commits.get(d["round"]), progress.get((d["round"], d["attempt"]), []))
+            self._overlay(
+                d, commits.get(d["round"]), progress.get((d["round"], d["attempt"]), []), lists
+            )
             for d in docs
         ]
         records.sort(key=lambda r: (r.round, r.attempt))
@@ -462,13 +627,19 @@ class MongoStateStore(StateStore):
 
     # ---- updates
     def record_update(self, rec: UpdateRecord) -> bool:
+        """Insert the record, then its recent copy (see the module docstring)."""
         self._init()
-        doc = _doc(rec, at=rec.at or now())
+        doc = _doc(rec, at=rec.at or now(), message=rec.message[:MAX_UPDATE_MESSAGE])
         with self._errors(f"record update of client {rec.client!r}"):
             try:
-                self._updates.insert_one(doc)
+                self._updates.insert_one(doc)  # sets doc["_id"]
             except DuplicateKeyError:
                 return False
+        with self._errors(
+            f"record update of client {rec.client!r}: recorded, but missing from the "
+            f"dashboard's counts until round {rec.round} is committed"
+        ):
+            self._rollups.copy(doc)
         return True
 
     def list_updates(self, job: str, round: int | None = None) -> list[UpdateRecord]:
@@ -484,31 +655,96 @@ class MongoStateStore(StateStore):
             )
         return [UpdateRecord(**_strip_id(d)) for d in docs]
 
+    # ---- aggregate queries (the dashboard): rollups and pipelines in mongo_queries.py
+    def job_overviews(self) -> list[JobOverview]:
+        self._init()
+        with self._errors("job overviews"):
+            return self._queries.job_overviews(_job)
+
+    def count_updates(
+        self, job: str, *, round_from: int | None = None, round_to: int | None = None
+    ) -> list[UpdateCount]:
+        self._init()
+        with self._errors(f"count updates of job {job!r}"):
+            return self._queries.count_updates(job, round_from, round_to)
+
+    def participation(
+        self, job: str, *, clients: Sequence[str], round_from: int, round_to: int
+    ) -> list[ParticipationCell]:
+        self._init()
+        with self._errors(f"participation in job {job!r}"):
+            return self._queries.participation(job, clients, round_from, round_to)
+
+    def client_summaries(self, job: str) -> list[ClientSummary]:
+        self._init()
+        with self._errors(f"client summaries of job {job!r}"):
+            return self._queries.client_summaries(job)
+
+    def query_events(
+        self,
+        job: str,
+        *,
+        kinds: Sequence[str] = (),
+        levels: Sequence[str] = (),
+        round: int | None = None,
+        client: str | None = None,
+        combiner: str | None = None,
+        before_seq: int | None = None,
+        limit: int = 200,
+    ) -> list[EventRecord]:
+        self._init()
+        with self._errors(f"query events of job {job!r}"):
+            docs = self._archive.query(
+                job, EventFilter(kinds, levels, round, client, combiner, before_seq), limit
+            )
+        return [EventRecord(**d) for d in docs]
+
+    def count_events(self, job: str) -> dict[str, int]:
+        self._init()
+        with self._errors(f"count events of job {job!r}"):
+            return self._archive.count(job)
+
     # ---- events
     def add_event(self, ev: EventRecord) -> None:
         """Append `ev`. Sequence numbers are per job (1, 2, 3, ...): the event is
         inserted with the job's highest seq + 1, and the unique (job, seq) index
         makes a writer that lost a race retry. An event given with a seq that
-        already exists is ignored (idempotent replay)."""
+        already exists is ignored (idempotent replay). The first event of a new
+        block archives the blocks before it (mongo_events.py)."""
         self._init()
         doc = _doc(ev, at=ev.at or now())
         with self._errors(f"add event to job {ev.job!r}"):
             if ev.seq:
-                with contextlib.suppress(DuplicateKeyError):
-                    self._events.insert_one({**doc, "seq": ev.seq})
+                if not self._archive.is_archived(ev.job, ev.seq):
+                    with contextlib.suppress(DuplicateKeyError):
+                        self._events.insert_one({**doc, "seq": ev.seq})
                 return
-            for _ in range(_SEQ_RETRIES):
-                last = self._events.find_one(
-                    {"job": ev.job}, sort=[("seq", DESCENDING)], projection={"seq": True}
-                )
-                seq = int(last["seq"]) + 1 if last else 1
-                try:
-                    self._events.insert_one({**doc, "seq": seq})
-                    return
-                except DuplicateKeyError:
-                    time.sleep(random.random() * 0.002)  # lost the race: spread the retries
+            seq = self._insert_event(doc)
+        try:
+            self._archive.after_insert(ev.job, seq)
+        except PyMongoError as exc:  # the event is in; its block is archived later
+            _log.warning("cannot archive events", job=ev.job, seq=seq, error=str(exc))
+
+    def _insert_event(self, doc: Doc) -> int:
+        """Insert `doc` with the job's next seq; return the seq."""
+        job = doc["job"]
+        for _ in range(_SEQ_RETRIES):
+            last = self._events.find_one(
+                {"job": job}, sort=[("seq", DESCENDING)], projection={"seq": True}
+            )
+            seq = int(last["seq"]) + 1 if last else 1
+            try:
+                res = self._events.insert_one({**doc, "seq": seq})
+            except DuplicateKeyError:
+                time.sleep(random.random() * 0.002)  # lost the race: spread the retries
+                continue
+            if not self._archive.is_archived(job, seq):
+                return seq
+            # Our highest seq was stale: meanwhile that seq was taken, its block
+            # archived and its inbox copy deleted, so the unique index let ours in.
+            self._events.delete_one({"_id": res.inserted_id})
         raise StateError(
-            f"add_event: job {ev.job!r}: gave up after {_SEQ_RETRIES} concurrent inserts "
+            f"add_event: job {doc['job']!r}: gave up after {_SEQ_RETRIES} concurrent inserts "
             "won the same sequence numbers"
         )
 
@@ -519,11 +755,15 @@ class MongoStateStore(StateStore):
             return []
         self._init()
         with self._errors(f"list events of job {job!r}"):
-            cur = self._events.find({"job": job, "seq": {"$gt": since_seq}}).sort("seq", ASCENDING)
-            if limit is not None:
-                cur = cur.limit(limit)
-            docs = list(cur)
-        return [EventRecord(**_strip_id(d)) for d in docs]
+            docs = self._archive.read(
+                job,
+                {},
+                lambda e: True,
+                newest_first=False,
+                limit=limit,
+                seq_range=(since_seq, None),
+            )
+        return [EventRecord(**d) for d in docs]
 
     # ---- clients
     def upsert_client(self, rec: ClientRecord) -> None:

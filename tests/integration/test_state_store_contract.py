@@ -12,6 +12,8 @@ afterwards). The `backend` fixture is parametrized over BACKEND_PARAMS;
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import multiprocessing
 import sqlite3
 import threading
@@ -23,15 +25,22 @@ import pytest
 
 from fedkube.devenv.mongo import MongoServer
 from fedkube.errors import StateError
+from fedkube.state import mongo_events, mongo_rollups
 from fedkube.state.base import (
+    MAX_UPDATE_MESSAGE,
     SCHEMA_VERSION,
     ClientRecord,
+    ClientSummary,
     EventRecord,
     ModelRecord,
+    ParticipationCell,
     StateStore,
+    UpdateCount,
     UpdateRecord,
 )
 from fedkube.state.factory import open_state_store
+from fedkube.state.mongo import MongoStateStore
+from fedkube.state.mongo_rollups import unpack
 from fedkube.state.sqlite import SqliteStateStore
 from fedkube.vocabulary import AttemptStatus, Phase
 
@@ -63,6 +72,8 @@ class MongoBackend:
 
 
 BACKENDS: dict[str, Any] = {"sqlite": SqliteBackend, "mongo": MongoBackend}
+#: the indexes schema version 3 added to the SQLite store
+_V3_INDEXES = ("updates_by_attempt", "updates_by_client", "updates_not_accepted", "events_by_kind")
 BACKEND_PARAMS = ["sqlite", "mongo"]
 
 
@@ -496,22 +507,27 @@ def test_event_with_explicit_seq_is_idempotent(store: StateStore) -> None:
     assert [(e.seq, e.message) for e in evs] == [(1, "event 0"), (2, "event 1")]
 
 
-def test_concurrent_events_from_threads_get_unique_seqs(store: StateStore) -> None:
+def add_events_from_threads(store: StateStore, threads: int, each: int) -> None:
+    """`threads` threads add `each` events of job "j" at once; none may fail."""
     errors: list[BaseException] = []
 
     def add(t: int) -> None:
         try:
-            for i in range(25):
+            for i in range(each):
                 store.add_event(_event("j", i, client=f"t{t}"))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=add, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    workers = [threading.Thread(target=add, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
     assert errors == []
+
+
+def test_concurrent_events_from_threads_get_unique_seqs(store: StateStore) -> None:
+    add_events_from_threads(store, 4, 25)
     assert [e.seq for e in store.list_events("j")] == list(range(1, 101))
 
 
@@ -580,6 +596,334 @@ def test_models_latest_by_round_and_replace(store: StateStore) -> None:
     assert (m1.sha256, m1.size, m1.created_at) == ("f" * 64, 5, 42.0)
     assert len(store.list_models("j")) == 3
     assert store.get_model("other") is None
+
+
+# ---- dashboard queries (aggregates computed by the backend)
+
+
+def _small_event_blocks(store: StateStore, size: int = 3) -> None:
+    """MongoDB: archive events in pages of `size`, so few events use both the
+    inbox and the pages (mongo_events.py); nothing to do on SQLite."""
+    if isinstance(store, MongoStateStore):
+        store._archive.block_size = size
+
+
+def test_update_train_s_and_message_roundtrip_and_long_messages_are_cut(
+    store: StateStore,
+) -> None:
+    assert store.record_update(_update("c1", train_s=12.25, message="boom"))
+    assert store.record_update(_update("c2", status="failed", message="x" * 600 + "tail"))
+    assert store.record_update(_update("c3"))
+    c1, c2, c3 = store.list_updates("j")
+    assert (c1.train_s, c1.message) == (12.25, "boom")
+    assert c2.message == "x" * MAX_UPDATE_MESSAGE
+    assert (c3.train_s, c3.message) == (0.0, "")
+
+
+def test_get_rounds_without_participants(store: StateStore) -> None:
+    store.begin_attempt("j", 1, 1)
+    store.fail_attempt("j", 1, 1, "no quorum")
+    assert _commit(store, "j", 1, 2, participants=["b", "a"])
+    assert _commit(store, "j", 2, 1, participants=["c"])
+    store.begin_attempt("j", 3, 1)
+    full = store.get_rounds("j")
+    slim = store.get_rounds("j", participants=False)
+    assert [r.participants for r in full] == [[], ["b", "a"], ["c"], []]
+    assert [r.participants for r in slim] == [[], [], [], []]
+    assert slim == [dataclasses.replace(r, participants=[]) for r in full]
+    assert [(r.round, r.attempt, r.status) for r in slim] == [
+        (1, 1, AttemptStatus.FAILED),
+        (1, 2, AttemptStatus.COMPLETED),
+        (2, 1, AttemptStatus.COMPLETED),
+        (3, 1, AttemptStatus.RUNNING),
+    ]
+    assert store.get_rounds("other", participants=False) == []
+
+
+# (round, attempt, client, combiner, status, reason, weight, at, train_s, message)
+_JOB_UPDATES = [
+    (1, 1, "c1", "comb-0", "failed", "client_lost", 0.0, 10.0, 0.0, "the client disconnected"),
+    (1, 1, "c2", "comb-1", "failed", "deadline", 0.0, 11.0, 0.0, "no report before the deadline"),
+    (1, 1, "c4", "comb-1", "rejected", "checksum", 0.0, 12.0, 1.0, "sha256 mismatch"),
+    (1, 2, "c1", "comb-0", "accepted", "", 10.0, 20.0, 2.0, ""),
+    (1, 2, "c2", "comb-1", "accepted", "", 20.0, 21.0, 0.0, ""),
+    (1, 2, "c3", "comb-0", "rejected", "not_finite", 0.0, 22.0, 5.0, "NaN in w"),
+    (1, 2, "c4", "comb-0", "rejected", "not_finite", 0.0, 23.0, 1.0, "Inf in b"),
+    (1, 2, "c5", "comb-0", "accepted", "", 5.0, 24.0, 4.0, ""),
+    (2, 1, "c1", "comb-0", "accepted", "", 1.5, 30.0, 4.0, ""),
+    (2, 1, "c2", "comb-0", "failed", "client_error", 0.0, 31.0, 0.0, "exit 1"),
+]
+#: recorded after round 2 was committed (a combiner's deadline record arriving late)
+_LATE_UPDATE = (2, 1, "c3", "comb-0", "failed", "deadline", 0.0, 35.0, 0.0, "")
+#: round 3 runs: never committed
+_RUNNING_UPDATE = (3, 1, "c1", "comb-1", "accepted", "", 3.0, 40.0, 0.0, "")
+
+
+def _record(store: StateStore, row: tuple[Any, ...], job: str = "j") -> None:
+    rnd, att, client, comb, status, reason, weight, at, train_s, message = row
+    assert store.record_update(
+        UpdateRecord(
+            job, rnd, att, client, comb, status, 10, reason, "", at, weight, train_s, message
+        )
+    )
+
+
+def _seed_job(store: StateStore) -> None:
+    """Job j: round 1 (attempt 1 failed, 2 committed), round 2 committed and then
+    a late record, round 3 running; job k has a record of its own."""
+    store.create_job("j", {})
+    for r, a in [(1, 1), (1, 2), (2, 1)]:
+        store.begin_attempt("j", r, a)
+    for row in _JOB_UPDATES:
+        _record(store, row)
+    store.fail_attempt("j", 1, 1, "no quorum")
+    assert _commit(store, "j", 1, 2)
+    assert _commit(store, "j", 2, 1)
+    _record(store, _LATE_UPDATE)
+    store.begin_attempt("j", 3, 1)
+    _record(store, _RUNNING_UPDATE)
+    _record(store, (*_RUNNING_UPDATE[:2], "c1", "comb-0", "accepted", "", 9.0, 1.0, 1.0, ""), "k")
+
+
+_COUNTS = [
+    UpdateCount(1, 1, "comb-0", "failed", "client_lost", 1, 0.0),
+    UpdateCount(1, 1, "comb-1", "failed", "deadline", 1, 0.0),
+    UpdateCount(1, 1, "comb-1", "rejected", "checksum", 1, 0.0),
+    UpdateCount(1, 2, "comb-0", "accepted", "", 2, 15.0),
+    UpdateCount(1, 2, "comb-0", "rejected", "not_finite", 2, 0.0),
+    UpdateCount(1, 2, "comb-1", "accepted", "", 1, 20.0),
+    UpdateCount(2, 1, "comb-0", "accepted", "", 1, 1.5),
+    UpdateCount(2, 1, "comb-0", "failed", "client_error", 1, 0.0),
+    UpdateCount(2, 1, "comb-0", "failed", "deadline", 1, 0.0),
+    UpdateCount(3, 1, "comb-1", "accepted", "", 1, 3.0),
+]
+
+
+def test_count_updates_groups_sorts_and_filters_rounds(store: StateStore) -> None:
+    assert store.count_updates("j") == []
+    _seed_job(store)
+    assert store.count_updates("j") == _COUNTS
+    assert store.count_updates("j", round_from=2) == _COUNTS[6:]
+    assert store.count_updates("j", round_to=1) == _COUNTS[:6]
+    assert store.count_updates("j", round_from=2, round_to=2) == _COUNTS[6:9]
+    assert store.count_updates("j", round_from=4) == []
+    assert store.count_updates("k") == [UpdateCount(3, 1, "comb-0", "accepted", "", 1, 9.0)]
+    assert store.count_updates("nobody") == []
+    # round 3 committed: the same counts (the late record of round 2 included)
+    assert _commit(store, "j", 3, 1)
+    assert store.count_updates("j") == _COUNTS
+
+
+def test_participation_groups_by_client_round_and_status(store: StateStore) -> None:
+    _seed_job(store)
+    cells = store.participation("j", clients=["c4", "c1", "c2", "c9"], round_from=1, round_to=2)
+    assert cells == [
+        ParticipationCell("c1", 1, "accepted", 1),
+        ParticipationCell("c1", 1, "failed", 1),
+        ParticipationCell("c1", 2, "accepted", 1),
+        ParticipationCell("c2", 1, "accepted", 1),
+        ParticipationCell("c2", 1, "failed", 1),
+        ParticipationCell("c2", 2, "failed", 1),
+        ParticipationCell("c4", 1, "rejected", 2),
+    ]
+    assert store.participation("j", clients=["c3"], round_from=2, round_to=9) == [
+        ParticipationCell("c3", 2, "failed", 1)  # the late record
+    ]
+    assert store.participation("j", clients=["c1"], round_from=3, round_to=3) == [
+        ParticipationCell("c1", 3, "accepted", 1)  # the running round
+    ]
+    assert store.participation("j", clients=[], round_from=1, round_to=3) == []
+    assert store.participation("j", clients=["c5"], round_from=2, round_to=3) == []
+    assert store.participation("nobody", clients=["c1"], round_from=1, round_to=3) == []
+
+
+def _seed_clients(store: StateStore) -> None:
+    for client, comb, status, seen, parts in [
+        ("c6", "comb-1", "connected", 103.0, 0),
+        ("c1", "comb-0", "connected", 100.0, 3),
+        ("c3", "comb-0", "connected", 102.0, 1),
+        ("c2", "comb-1", "disconnected", 101.0, 2),
+    ]:
+        store.upsert_client(ClientRecord("j", client, comb, status, seen, parts))
+
+
+def test_client_summaries(store: StateStore) -> None:
+    _seed_job(store)
+    assert store.client_summaries("j") == []  # no ClientRecords: no rows
+    _seed_clients(store)
+    c1, c2, c3, c6 = store.client_summaries("j")
+    # accepted in rounds 1, 2 and 3; the mean leaves out round 3's train_s of 0
+    assert c1 == ClientSummary(
+        "c1", "comb-0", "connected", 100.0, 3, 3, 3, 0, 1, 3.0,
+        "client_lost: the client disconnected", 10.0,
+    )  # fmt: skip
+    # the latest not-accepted record is the one of round 2 (at 31)
+    assert c2 == ClientSummary(
+        "c2", "comb-1", "disconnected", 101.0, 2, 1, 1, 0, 2, None, "client_error: exit 1", 31.0
+    )
+    # a rejected record's train_s does not count; the late record is its latest error
+    assert c3 == ClientSummary(
+        "c3", "comb-0", "connected", 102.0, 1, 0, 0, 1, 1, None, "deadline", 35.0
+    )
+    assert c6 == ClientSummary("c6", "comb-1", "connected", 103.0, 0, 0, 0, 0, 0, None, "", None)
+    assert _commit(store, "j", 3, 1)
+    assert store.client_summaries("j") == [c1, c2, c3, c6]
+    assert store.client_summaries("nobody") == []
+
+
+def test_client_summaries_count_distinct_accepted_rounds(store: StateStore) -> None:
+    store.upsert_client(ClientRecord("j", "x", "comb-0", "connected", 5.0, 2))
+    rows = [  # accepted twice in round 1 (attempts 1 and 2), once in round 2
+        (1, 1, "x", "comb-0", "accepted", "", 1.0, 1.0, 0.0, ""),
+        (1, 2, "x", "comb-0", "accepted", "", 1.0, 2.0, 6.0, ""),
+        (2, 1, "x", "comb-0", "accepted", "", 1.0, 3.0, 0.0, ""),
+        (3, 1, "x", "comb-0", "rejected", "corrupt", 0.0, 4.0, 9.0, ""),
+    ]
+    _record(store, rows[0])
+    _record(store, rows[1])
+    assert _commit(store, "j", 1, 2)  # round 1 counted apart from the rest (MongoDB)
+    _record(store, rows[2])
+    _record(store, rows[3])
+    (x,) = store.client_summaries("j")
+    assert (x.rounds, x.accepted, x.rejected, x.failed) == (2, 3, 1, 0)
+    assert (x.mean_train_s, x.last_error, x.last_error_at) == (6.0, "corrupt", 4.0)
+
+
+def test_job_overviews_count_clients(store: StateStore) -> None:
+    assert store.job_overviews() == []
+    for name in ["k", "a", "j"]:
+        store.create_job(name, {"n": name})
+    _seed_clients(store)
+    store.upsert_client(ClientRecord("k", "x", "comb-0", "connected"))
+    store.upsert_client(ClientRecord("nojob", "y", "comb-0", "connected"))
+    overviews = store.job_overviews()
+    assert [(o.job.name, o.clients, o.connected) for o in overviews] == [
+        ("a", 0, 0),
+        ("j", 4, 3),
+        ("k", 1, 1),
+    ]
+    assert [o.job for o in overviews] == store.list_jobs()
+
+
+_EVENTS = [  # kind, level, round, client, combiner
+    ("RoundStarted", "info", 1, None, None),
+    ("UpdateRejected", "warning", 1, "c4", "comb-1"),
+    ("TrainFailed", "warning", 1, "c1", "comb-0"),
+    ("RoundCompleted", "info", 1, None, None),
+    ("RoundStarted", "info", 2, None, None),
+    ("UpdateRejected", "warning", 2, "c3", "comb-0"),
+    ("UpdateRejected", "error", 2, "c4", "comb-0"),
+    ("RoundCompleted", "info", 2, None, None),
+    ("JobSucceeded", "info", None, None, None),
+]
+
+
+def _seed_events(store: StateStore) -> None:
+    _small_event_blocks(store)
+    for i, (kind, level, rnd, client, comb) in enumerate(_EVENTS):
+        store.add_event(
+            _event("j", i, kind=kind, level=level, round=rnd, client=client, combiner=comb)
+        )
+    store.add_event(_event("k", 0))
+    store.add_event(_event("k", 1, kind="JobSucceeded"))
+
+
+def test_query_events_filters_newest_first_and_pages(store: StateStore) -> None:
+    _seed_events(store)
+
+    def seqs(**kw: Any) -> list[int]:
+        return [e.seq for e in store.query_events("j", **kw)]
+
+    assert store.query_events("j") == list(reversed(store.list_events("j")))
+    assert seqs() == [9, 8, 7, 6, 5, 4, 3, 2, 1]
+    assert seqs(limit=3) == [9, 8, 7]
+    assert seqs(limit=3, before_seq=7) == [6, 5, 4]
+    assert seqs(limit=3, before_seq=4) == [3, 2, 1]
+    assert seqs(before_seq=1) == []
+    assert seqs(kinds=["UpdateRejected"]) == [7, 6, 2]
+    assert seqs(kinds=["UpdateRejected", "TrainFailed"]) == [7, 6, 3, 2]
+    assert seqs(kinds=["UpdateRejected", "TrainFailed"], limit=2) == [7, 6]
+    assert seqs(kinds=["UpdateRejected", "TrainFailed"], limit=2, before_seq=6) == [3, 2]
+    assert seqs(levels=["warning"]) == [6, 3, 2]
+    assert seqs(levels=["error", "warning"]) == [7, 6, 3, 2]
+    assert seqs(round=2) == [8, 7, 6, 5]
+    assert seqs(client="c4") == [7, 2]
+    assert seqs(combiner="comb-0") == [7, 6, 3]
+    assert seqs(kinds=["UpdateRejected"], round=1) == [2]
+    assert seqs(kinds=["UpdateRejected"], levels=["warning"], client="c4", round=1) == [2]
+    assert seqs(kinds=["Nothing"]) == []
+    assert seqs(client="nobody") == []
+    assert seqs(limit=0) == []
+    (e,) = store.query_events("j", client="c3")
+    assert (e.kind, e.level, e.round, e.client, e.combiner, e.message) == (
+        "UpdateRejected", "warning", 2, "c3", "comb-0", "event 5",
+    )  # fmt: skip
+    assert [e.seq for e in store.query_events("k")] == [2, 1]
+    assert store.query_events("none") == []
+
+
+def test_count_events_per_kind(store: StateStore) -> None:
+    assert store.count_events("j") == {}
+    _seed_events(store)
+    assert store.count_events("j") == {
+        "RoundStarted": 2,
+        "UpdateRejected": 3,
+        "TrainFailed": 1,
+        "RoundCompleted": 2,
+        "JobSucceeded": 1,
+    }
+    assert store.count_events("k") == {"RoundStarted": 1, "JobSucceeded": 1}
+    assert [e.seq for e in store.list_events("j", since_seq=2, limit=5)] == [3, 4, 5, 6, 7]
+
+
+def _grouped(updates: list[UpdateRecord]) -> list[UpdateCount]:
+    """count_updates computed in Python: the test's oracle."""
+    acc: dict[tuple[int, int, str, str, str], list[float]] = {}
+    for u in updates:
+        row = acc.setdefault((u.round, u.attempt, u.combiner, u.status, u.reason), [0, 0.0])
+        row[0] += 1
+        row[1] += u.weight
+    return [UpdateCount(*k, int(n), w) for k, (n, w) in sorted(acc.items())]
+
+
+def test_counts_stay_exact_when_records_race_the_commit(store: StateStore) -> None:
+    """Combiners record updates while the reducer commits the round: the counts
+    include every record, before and after the commit (MongoDB: recent copies)."""
+    store.begin_attempt("j", 1, 1)
+    start = threading.Barrier(5)
+    errors: list[BaseException] = []
+
+    def record(t: int) -> None:
+        try:
+            start.wait()
+            for i in range(15):
+                status, reason = ("accepted", "") if i % 3 else ("failed", "deadline")
+                store.record_update(
+                    _update(f"t{t}-{i:02d}", combiner=f"comb-{t}", status=status, reason=reason,
+                            weight=float(i))
+                )  # fmt: skip
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    start.wait()
+    assert _commit(store, "j", 1, 1)
+    for t in threads:
+        t.join()
+    assert errors == []
+    updates = store.list_updates("j")
+    assert len(updates) == 60
+    assert store.count_updates("j") == _grouped(updates)
+    clients = sorted(u.client for u in updates)
+    cells = store.participation("j", clients=clients, round_from=1, round_to=1)
+    assert cells == [
+        ParticipationCell(u.client, 1, u.status, 1) for u in sorted(updates, key=lambda u: u.client)
+    ]
+    assert _commit(store, "j", 2, 1)  # rebuilds round 1's rollup (MongoDB)
+    assert store.count_updates("j") == _grouped(updates)
+    assert store.participation("j", clients=clients, round_from=1, round_to=1) == cells
 
 
 # ---- persistence and sharing
@@ -718,6 +1062,10 @@ def test_sqlite_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
         st.create_job("j", {"spec": {}})
         st.record_update(_update("c1", num_examples=10))
     conn = sqlite3.connect(path)  # back to the layout of schema version 1
+    for index in _V3_INDEXES:
+        conn.execute(f"DROP INDEX {index}")
+    conn.execute("ALTER TABLE updates DROP COLUMN message")
+    conn.execute("ALTER TABLE updates DROP COLUMN train_s")
     conn.execute("ALTER TABLE updates DROP COLUMN weight")
     conn.execute("ALTER TABLE jobs DROP COLUMN reducer_seen_at")
     conn.execute("DROP TABLE credentials")
@@ -734,6 +1082,257 @@ def test_sqlite_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+def test_sqlite_version_2_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    with contextlib.closing(SqliteStateStore(path)) as st:
+        st.create_job("j", {"spec": {}})
+        assert st.record_update(_update("c1", weight=10.0, train_s=3.0, message="x"))
+    conn = sqlite3.connect(path)  # back to the layout of schema version 2
+    for index in _V3_INDEXES:
+        conn.execute(f"DROP INDEX {index}")
+    conn.execute("ALTER TABLE updates DROP COLUMN message")
+    conn.execute("ALTER TABLE updates DROP COLUMN train_s")
+    conn.execute("UPDATE schema_version SET version = 2")
+    conn.commit()
+    conn.close()
+    with contextlib.closing(SqliteStateStore(path)) as st:
+        (u,) = st.list_updates("j")
+        assert (u.client, u.weight, u.train_s, u.message) == ("c1", 10.0, 0.0, "")
+        assert st.record_update(_update("c2", status="failed", train_s=1.5, message="y" * 501))
+        assert [(u.train_s, len(u.message)) for u in st.list_updates("j")] == [(0.0, 0), (1.5, 500)]
+        assert st.count_updates("j") == [
+            UpdateCount(1, 1, "comb-0", "accepted", "", 1, 10.0),
+            UpdateCount(1, 1, "comb-0", "failed", "", 1, 0.0),
+        ]
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert set(_V3_INDEXES) <= indexes
+    conn.close()
+
+
+def test_sqlite_dashboard_queries_use_their_indexes(tmp_path: Path) -> None:
+    """The query plans read the indexes made for them (no scan of every update)."""
+    s = SqliteStateStore(tmp_path / "x.db")
+    s.close()
+    conn = sqlite3.connect(tmp_path / "x.db")
+    try:
+
+        def plan(sql: str, *params: Any) -> str:
+            return " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+        counts = plan(
+            "SELECT round, attempt, combiner, status, reason, COUNT(*), TOTAL(weight) FROM updates"
+            " WHERE job = ? GROUP BY round, attempt, combiner, status, reason",
+            "j",
+        )
+        assert "COVERING INDEX updates_by_attempt" in counts
+        assert "TEMP B-TREE" not in counts  # grouped in index order
+        errors = plan(
+            "SELECT rowid FROM updates WHERE job = ? AND client = ? AND status != 'accepted'"
+            " ORDER BY at DESC, round DESC, attempt DESC LIMIT 1",
+            "j",
+            "c1",
+        )
+        assert "INDEX updates_not_accepted" in errors
+    finally:
+        conn.close()
+
+
+# ---- mongo specifics (FerretDB; see the docstrings of fedkube/state/mongo*.py)
+
+
+@pytest.fixture
+def mongo_store(mongo_uri: str) -> Iterator[MongoStateStore]:
+    s = open_state_store(mongo_uri)
+    assert isinstance(s, MongoStateStore)
+    yield s
+    s.close()
+
+
+def _db(store: MongoStateStore) -> Any:
+    return store._client[store.database]
+
+
+def test_mongo_events_archive_complete_blocks_into_pages(mongo_store: MongoStateStore) -> None:
+    _small_event_blocks(mongo_store, 4)
+    for i in range(10):
+        mongo_store.add_event(_event("j", i, kind="UpdateRejected" if i % 3 else "RoundStarted"))
+    db = _db(mongo_store)
+    # seqs 1-4 and 5-8 moved to pages; the inbox keeps the newest block (9, 10)
+    assert sorted(d["seq"] for d in db["events"].find({"job": "j"})) == [9, 10]
+    assert sorted(d["first"] for d in db["event_blocks"].find({"job": "j"})) == [1, 5]
+    assert [e.seq for e in mongo_store.list_events("j")] == list(range(1, 11))
+    assert [e.message for e in mongo_store.list_events("j", since_seq=3, limit=4)] == [
+        "event 3", "event 4", "event 5", "event 6",
+    ]  # fmt: skip
+    assert [e.seq for e in mongo_store.query_events("j", limit=4, before_seq=8)] == [7, 6, 5, 4]
+    assert [e.seq for e in mongo_store.query_events("j", kinds=["RoundStarted"])] == [10, 7, 4, 1]
+    assert mongo_store.count_events("j") == {"RoundStarted": 4, "UpdateRejected": 6}
+    # an archived seq given again is ignored, as an existing one is
+    mongo_store.add_event(_event("j", 0, seq=2, message="replayed"))
+    assert [e.message for e in mongo_store.list_events("j", since_seq=1, limit=1)] == ["event 1"]
+    assert db["events"].count_documents({"job": "j"}) == 2
+    # a leftover inbox copy of an archived event (an archiver stopped before it
+    # deleted) is read once, from its page
+    page = db["event_pages"].find_one({"job": "j", "first": 1})
+    assert page is not None
+    db["events"].insert_one(
+        {
+            "job": "j",
+            **dict(
+                zip(mongo_events.PAGE_FIELDS, json.loads(unpack(page["events"]))[0], strict=True)
+            ),
+        }
+    )
+    assert [e.seq for e in mongo_store.list_events("j")] == list(range(1, 11))
+    assert mongo_store.count_events("j") == {"RoundStarted": 4, "UpdateRejected": 6}
+
+
+def test_mongo_concurrent_events_across_blocks(mongo_store: MongoStateStore) -> None:
+    _small_event_blocks(mongo_store, 5)
+    add_events_from_threads(mongo_store, 4, 15)
+    assert [e.seq for e in mongo_store.list_events("j")] == list(range(1, 61))
+    assert [e.seq for e in mongo_store.query_events("j", limit=60)] == list(range(60, 0, -1))
+    assert mongo_store.count_events("j") == {"RoundStarted": 60}
+    assert _db(mongo_store)["events"].count_documents({"job": "j"}) <= 10
+
+
+@contextlib.contextmanager
+def _updates_hidden(store: MongoStateStore) -> Iterator[None]:
+    """The updates collection renamed away: what a query reads without it."""
+    db = _db(store)
+    db["updates"].rename("updates_hidden")
+    try:
+        yield
+    finally:
+        db["updates_hidden"].rename("updates")
+
+
+def test_mongo_committed_rounds_are_read_from_their_rollups(mongo_store: MongoStateStore) -> None:
+    db = _db(mongo_store)
+    for row in _JOB_UPDATES:
+        _record(mongo_store, row)
+    assert db["updates_recent"].count_documents({"job": "j"}) == len(_JOB_UPDATES)
+    assert _commit(mongo_store, "j", 1, 2)
+    # round 1 rolled up: its recent copies are gone, round 2's (running) are left
+    assert sorted(d["round"] for d in db["updates_recent"].find({"job": "j"})) == [2, 2]
+    with _updates_hidden(mongo_store):  # no query reads a record
+        assert mongo_store.count_updates("j") == _COUNTS[:8]
+        assert mongo_store.participation("j", clients=["c4"], round_from=1, round_to=2) == [
+            ParticipationCell("c4", 1, "rejected", 2)
+        ]
+    # a late record of round 1 counts at once (the rollup plus the copy it did not count)
+    _record(mongo_store, (1, 2, "c9", "comb-0", "accepted", "", 7.0, 50.0, 1.0, ""))
+    round_1 = [*_COUNTS[:3], UpdateCount(1, 2, "comb-0", "accepted", "", 3, 22.0), *_COUNTS[4:6]]
+    assert mongo_store.count_updates("j", round_to=1) == round_1
+    # the next commit rolls round 1 up again (9 records) and drops its copy
+    assert _commit(mongo_store, "j", 2, 1)
+    assert sorted(d["n"] for d in db["rollup_counts"].find({"job": "j", "round": 1})) == [8, 9]
+    assert db["updates_recent"].count_documents({"job": "j"}) == 0
+    with _updates_hidden(mongo_store):
+        assert mongo_store.count_updates("j") == [*round_1, *_COUNTS[6:8]]
+    # committed attempts keep no progress documents; their participants have theirs
+    assert db["progress"].count_documents({"job": "j"}) == 0
+    assert db["participants"].count_documents({"job": "j"}) == 2
+
+
+def test_mongo_client_summaries_from_blocks_and_rounds_agree(
+    mongo_store: MongoStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mongo_rollups, "BLOCK_ROUNDS", 2)
+    db = _db(mongo_store)
+    _seed_clients(mongo_store)
+    for r in range(1, 6):
+        for i, client in enumerate(["c1", "c2", "c3"]):
+            status = ["accepted", "rejected", "failed"][(r + i) % 3]
+            row = (r, 1, client, "comb-0", status, "" if status == "accepted" else "why",
+                   1.0, 10.0 * r + i, float(r), f"m{r}")  # fmt: skip
+            _record(mongo_store, row)
+        assert _commit(mongo_store, "j", r, 1)
+    # rounds 1-2 and 3-4 merged into blocks; round 5's block is not complete
+    assert sorted(d["block"] for d in db["rollup_client_blocks"].find({"job": "j"})) == [0, 1]
+    from_blocks = mongo_store.client_summaries("j")
+    c1 = from_blocks[0]
+    # c1: rejected in rounds 1 and 4, failed in 2 and 5, accepted in 3
+    assert (c1.client, c1.rounds, c1.accepted, c1.rejected, c1.failed) == ("c1", 1, 1, 2, 2)
+    assert c1.mean_train_s == 3.0
+    assert (c1.last_error, c1.last_error_at) == ("why: m5", 50.0)
+    db["rollup_client_blocks"].delete_many({})
+    with _updates_hidden(mongo_store):
+        assert mongo_store.client_summaries("j") == from_blocks  # from the round rollups
+    # a late record of round 1: block 0 no longer exact until a commit merges it again
+    _record(mongo_store, (1, 2, "c1", "comb-1", "failed", "late", 0.0, 99.0, 0.0, "x"))
+    late = mongo_store.client_summaries("j")
+    assert (late[0].failed, late[0].last_error, late[0].last_error_at) == (3, "late: x", 99.0)
+    assert _commit(mongo_store, "j", 6, 1)  # rolls round 1 up again, merges block 0 again
+    ids = {
+        r: d["_id"] for r, d in mongo_rollups.latest(db["rollup_counts"].find({"job": "j"})).items()
+    }
+    blocks = [
+        mongo_rollups.merged_rollups(b) for b in db["rollup_client_blocks"].find({"block": 0})
+    ]
+    assert {1: ids[1], 2: ids[2]} in blocks
+    with _updates_hidden(mongo_store):
+        assert mongo_store.client_summaries("j") == late
+
+
+def test_mongo_schema_2_store_is_upgraded(mongo_uri: str) -> None:
+    """Documents as fedkube wrote them at schema version 2: updates without train_s
+    and message, participant lists inline, every event in the events collection."""
+    first = open_state_store(mongo_uri)
+    assert isinstance(first, MongoStateStore)
+    db = _db(first)  # the client stays open for the test's raw writes and reads
+    first.create_job("j", {})
+    db["meta"].update_one({"_id": "schema"}, {"$set": {"version": 2}})
+    db["updates"].insert_many(
+        [
+            {"job": "j", "round": 1, "attempt": 1, "client": c, "combiner": "comb-0",
+             "status": st, "num_examples": 10, "reason": re, "sha256": "", "at": 1.0,
+             "weight": w}
+            for c, st, re, w in [("c1", "accepted", "", 10.0), ("c2", "rejected", "corrupt", 0.0)]
+        ]
+    )  # fmt: skip
+    payload = {"completed_at": 2.0, "model_key": "m1", "n_updates": 1, "num_examples": 10,
+               "metrics": "{}", "timings": "{}", "participants": ["c1"],
+               "combiners": "{}"}  # fmt: skip
+    db["commits"].insert_one({"job": "j", "round": 1, "attempt": 1, "at": 2.0, "payload": payload})
+    db["rounds"].insert_one(
+        {"job": "j", "round": 1, "attempt": 1, "started_at": 1.0, "status": "completed",
+         "reason": "", "validation": "{}", "validation_examples": 0, **payload}
+    )  # fmt: skip
+    db["events"].insert_many(
+        [{"job": "j", "seq": i, "kind": "RoundStarted", "message": f"event {i}", "level": "info",
+          "round": None, "attempt": None, "client": None, "combiner": None, "at": float(i)}
+         for i in range(1, 8)]
+    )  # fmt: skip
+    store = open_state_store(mongo_uri)
+    assert isinstance(store, MongoStateStore)
+    _small_event_blocks(store, 3)
+    try:
+        u1, u2 = store.list_updates("j")
+        assert (u1.client, u1.train_s, u1.message, u2.reason) == ("c1", 0.0, "", "corrupt")
+        assert db["meta"].find_one({"_id": "schema"})["version"] == SCHEMA_VERSION
+        (r,) = store.get_rounds("j")
+        assert (r.status, r.participants) == (AttemptStatus.COMPLETED, ["c1"])
+        assert store.get_rounds("j", participants=False)[0].participants == []
+        assert store.count_updates("j") == [
+            UpdateCount(1, 1, "comb-0", "accepted", "", 1, 10.0),
+            UpdateCount(1, 1, "comb-0", "rejected", "corrupt", 1, 0.0),
+        ]
+        # the complete blocks of the old events were archived by the upgrade
+        assert sorted(d["seq"] for d in db["events"].find({"job": "j"})) == [7]
+        assert [e.seq for e in store.list_events("j")] == list(range(1, 8))
+        # the next commit builds the old round's rollup too
+        assert _commit(store, "j", 2, 1)
+        assert db["rollup_counts"].count_documents({"job": "j", "round": 1}) == 1
+        db["updates"].delete_many({"job": "j"})
+        assert len(store.count_updates("j")) == 2
+    finally:
+        store.close()
+        first.close()
 
 
 def test_sqlite_closed_store_raises_state_error(tmp_path: Path) -> None:

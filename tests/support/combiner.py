@@ -171,9 +171,14 @@ class CombinerHarness:
                 tls=self.tls,
                 port_file=port_file,
                 stop=self.stop_event,
+                **self.serve_options(),
             )
 
         self.loop.run_until_complete(main())
+
+    def serve_options(self) -> dict[str, Any]:
+        """More keyword arguments of serve_combiner (a subclass's)."""
+        return {}
 
     def token_for(self, cid: str) -> str:
         """The token of client `cid`, issued into the job's credentials on first use."""

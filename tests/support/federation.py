@@ -85,12 +85,25 @@ class Federation:
     def name(self) -> str:
         return self.fed.job.name
 
-    def start(self, *, clients: bool = True) -> Federation:
+    def start(self, *, clients: bool = True, reducer_args: list[str] | None = None) -> Federation:
+        """Start the combiners, the reducer (with `reducer_args`, e.g. ``--linger``) and,
+        unless `clients` is False, the simulated clients (`start_clients` later)."""
         self.fed.start_combiners(self.job_yaml, self.run_dir)
-        self.reducer = self.fed.start_reducer(self.job_yaml)
+        self.reducer = self.fed.start_reducer(self.job_yaml, reducer_args)
         if clients:
-            self.clients = self.fed.start_clients(self.job_yaml)
+            self.start_clients()
         return self
+
+    def start_clients(self) -> list[Proc]:
+        self.clients = self.fed.start_clients(self.job_yaml)
+        return self.clients
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Role process name -> its /metrics URL: the reducer (waiting until it listens)
+        and every combiner."""
+        assert self.reducer is not None, "start() first"
+        self.fed.wait_reducer_metrics(self.reducer)
+        return {n: f"http://{a}/metrics" for n, a in sorted(self.fed.metrics.items())}
 
     def start_client(self, i: int, n: int | None = None) -> Proc:
         n = n if n is not None else self.fed.job.spec.clients.simulation.clients

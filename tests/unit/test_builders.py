@@ -441,7 +441,8 @@ def test_mongodb_uri_env_name_follows_the_spec() -> None:
 
 def test_reducer_port_and_probes() -> None:
     c = container(deploy())
-    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    # one port for probes, /status and Prometheus, named for the scrape
+    assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
     live, ready = c["livenessProbe"], c["readinessProbe"]
     assert live["httpGet"] == {"path": "/healthz", "port": 8080}
     assert ready["httpGet"] == {"path": "/healthz", "port": 8080}
@@ -535,6 +536,8 @@ def test_combiner_command_exactly() -> None:
         "$(POD_NAME)",
         "--listen",
         "0.0.0.0:7171",
+        "--metrics-port",
+        "9090",
         "--workdir",
         "/var/lib/fedkube",
         "--log-level",
@@ -560,7 +563,10 @@ def test_combiner_env() -> None:
 
 def test_combiner_port_and_tcp_probes() -> None:
     c = container(sts(make_job(combiners={"port": 7171})))
-    assert c["ports"] == [{"name": "grpc", "containerPort": 7171, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "grpc", "containerPort": 7171, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert c["livenessProbe"]["tcpSocket"] == {"port": 7171}
     assert c["readinessProbe"]["tcpSocket"] == {"port": 7171}
     assert c["readinessProbe"]["periodSeconds"] < c["livenessProbe"]["periodSeconds"]
@@ -590,7 +596,12 @@ def test_reducer_service() -> None:
     assert svc["spec"] == {
         "type": "ClusterIP",
         "selector": names.selector("mnist", "reducer"),
-        "ports": [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}],
+        "ports": [{"name": "metrics", "port": 8080, "targetPort": 8080, "protocol": "TCP"}],
+    }
+    assert svc["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics",
     }
 
 
@@ -600,8 +611,44 @@ def test_headless_combiner_service() -> None:
         "clusterIP": "None",
         "publishNotReadyAddresses": True,
         "selector": names.selector("mnist", "combiner"),
-        "ports": [{"name": "grpc", "port": 7171, "targetPort": 7171, "protocol": "TCP"}],
+        "ports": [
+            {"name": "grpc", "port": 7171, "targetPort": 7171, "protocol": "TCP"},
+            {"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"},
+        ],
     }
+    assert svc["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9090",
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def test_pods_are_annotated_for_prometheus_on_their_metrics_port() -> None:
+    for workload, port in ((deploy(), 8080), (sts(), 9090)):
+        ann = workload["spec"]["template"]["metadata"]["annotations"]
+        assert ann["prometheus.io/scrape"] == "true"
+        assert ann["prometheus.io/path"] == "/metrics"
+        assert ann["prometheus.io/port"] == str(port)
+        named = {p["name"]: p["containerPort"] for p in container(workload)["ports"]}
+        assert named["metrics"] == port
+
+
+def test_combiner_metrics_port_moves_off_a_grpc_port_of_9090() -> None:
+    job = make_job(combiners={"port": 9090})
+    c = container(sts(job))
+    assert [p["containerPort"] for p in c["ports"]] == [9090, 9091]
+    argv = c["command"]
+    assert argv[argv.index("--metrics-port") + 1] == "9091"
+    svc = by_kind(children(job), "Service", "mnist-combiner")
+    assert [p["port"] for p in svc["spec"]["ports"]] == [9090, 9091]
+    assert svc["metadata"]["annotations"]["prometheus.io/port"] == "9091"
+
+
+def test_the_clients_service_does_not_expose_metrics() -> None:
+    # it may be a LoadBalancer reachable from outside: metrics stay inside the cluster
+    svc = by_kind(children(), "Service", "mnist-clients")
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["grpc"]
+    assert "prometheus.io/scrape" not in svc["metadata"].get("annotations", {})
 
 
 def test_clients_service_defaults_to_cluster_ip() -> None:

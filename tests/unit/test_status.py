@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fedkube import vocabulary
 from fedkube.operator import crd
 from fedkube.operator import status as s
 from fedkube.spec import FederatedJob
@@ -353,12 +354,12 @@ def test_the_crd_example_is_what_the_status_writes() -> None:
 
 
 def test_the_crd_descriptions_are_built_from_the_status_constants() -> None:
-    assert s.HEADLINE_METRICS == ("accuracy", "acc", "f1", "auc", "loss")
-    assert s.HEADLINE_FORMAT == ".4g"
+    assert vocabulary.HEADLINE_METRICS == ("accuracy", "acc", "f1", "auc", "loss")
+    assert vocabulary.HEADLINE_FORMAT == ".4g"
     description = _crd_headline_description()
     assert description == s.JobStatus.model_fields["headline_metric"].description
     assert description == f"The Metric column: {s.HEADLINE_RULE}, e.g. {s.HEADLINE_EXAMPLE}."
-    assert ", ".join(s.HEADLINE_METRICS) in description
+    assert ", ".join(vocabulary.HEADLINE_METRICS) in description
     # the committed CRD is the generated one (test_crd.py), so both descriptions follow the rule
     assert crd.render_crd_yaml() == CRD_FILE.read_text()
 
