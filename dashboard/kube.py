@@ -9,6 +9,7 @@ the chart's dashboard role needs get/list on federatedjobs and events.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,9 +72,12 @@ def connect(mode: str, namespace: str) -> Kube:
         return Kube(client.ApiClient(), "service account", namespace)
     except ConfigException:
         pass
+    # $KUBECONFIG (a list of paths) or ~/.kube/config, read now: the client's own
+    # default is fixed when the kubernetes package is first imported
+    files = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     try:
         cfg = client.Configuration()
-        config.load_kube_config(client_configuration=cfg)
+        config.load_kube_config(config_file=files, client_configuration=cfg)
         return Kube(client.ApiClient(cfg), "kubeconfig", namespace)
     except (ConfigException, OSError) as exc:
         return Kube(

@@ -265,7 +265,7 @@ class Reducer:
 
     def _recover(self) -> int:
         """Reconcile the job record with the committed rounds after a restart."""
-        for r in self.state.get_rounds(self.name):
+        for r in self.state.get_rounds(self.name, participants=False):
             if r.status == AttemptStatus.RUNNING:
                 self.state.fail_attempt(
                     self.name, r.round, r.attempt, AttemptReason.REDUCER_RESTARTED
@@ -315,7 +315,12 @@ class Reducer:
 
     def _attempt_number(self, r: int) -> int:
         return 1 + max(
-            (x.attempt for x in self.state.get_rounds(self.name) if x.round == r), default=0
+            (
+                x.attempt
+                for x in self.state.get_rounds(self.name, participants=False)
+                if x.round == r
+            ),
+            default=0,
         )
 
     def _failed_attempts(self, r: int) -> int:
@@ -324,7 +329,7 @@ class Reducer:
         floor = self._retry_floor.get(r, 0)
         return sum(
             1
-            for x in self.state.get_rounds(self.name)
+            for x in self.state.get_rounds(self.name, participants=False)
             if x.round == r
             and x.status == AttemptStatus.FAILED
             and not interrupted_by_restart(x.reason)

@@ -353,7 +353,8 @@ class StateStore(abc.ABC):
 
     def last_committed_round(self, job: str) -> int:
         """The highest committed round, 0 if none."""
-        return max((r.round for r in self.committed_rounds(job)), default=0)
+        rounds = self.get_rounds(job, participants=False)
+        return max((r.round for r in rounds if r.status == AttemptStatus.COMPLETED), default=0)
 
     # ---- updates
     @abc.abstractmethod
