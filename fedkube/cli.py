@@ -864,8 +864,16 @@ def dashboard(
     Reads the same state store as `fedkube status` (--workdir or --state); GET /healthz
     answers 200 while that store does."""
     from fedkube.dashboard.config import DashboardConfig
-    from fedkube.dashboard.server import serve_dashboard
 
+    try:
+        from fedkube.dashboard.server import serve_dashboard
+    except ImportError as exc:
+        raise _fail(
+            FedkubeError(
+                f"the dashboard needs the dashboard extra ({exc.name or exc} is missing): "
+                "pip install 'fedkube[dashboard]'"
+            )
+        ) from None
     _setup_logging(log_level)
     if kube not in ("auto", "off"):
         raise _fail(ValueError(f"--kube must be auto or off, not {kube!r}"))
