@@ -21,39 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from fedkube import spec
 from fedkube.errors import SpecError
 from tests.support.fixtures import scoped
-from tests.support.k8s import ApiError, K8s, kube_path, wait_for
+from tests.support.k8s import ApiError, K8s, example_job, kube_path, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "charts" / "fedkube" / "crds" / "federatedjobs.fedkube.dev.yaml"
-EXAMPLE = ROOT / "examples" / "mnist" / "federatedjob.yaml"
 FEDJOBS = f"{spec.API_VERSION}/federatedjobs"
-
-
-@pytest.fixture(scope="module")
-def crd(k8s: K8s) -> None:
-    k8s.kubectl("apply", "-f", str(CRD))
-    wait_for(
-        lambda: k8s.kubectl("get", "fedjobs", "-A", check=False).returncode == 0,
-        30,
-        "the FederatedJob CRD to be served",
-    )
 
 
 @pytest.fixture(scope="module")
 def ns(k8s: K8s, crd: None) -> Iterator[str]:
     """One namespace for the module: refused objects are never stored."""
     yield from scoped(k8s.create_namespace("crd-validation"), k8s.delete_namespace)
-
-
-def example(name: str) -> dict[str, Any]:
-    m: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
-    m["metadata"] = {"name": name}
-    return m
 
 
 def create(k8s: K8s, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -207,7 +187,7 @@ LOCALLY_ACCEPTED = {"max-median-multiple-number"}
 def test_apiserver_refuses_each_bad_spec_naming_the_field(
     k8s: K8s, ns: str, case: str, mutate: Mutate, field: str, message: str
 ) -> None:
-    m = example("bad")
+    m = example_job("bad")
     mutate(m["spec"])
     if case not in LOCALLY_ACCEPTED:  # fedkube run refuses it too, naming the same field
         with pytest.raises(SpecError) as local:
@@ -225,7 +205,7 @@ def test_apiserver_refuses_each_bad_spec_naming_the_field(
 def test_apiserver_accepts_the_bounds_and_stores_whole_seconds_as_integers(
     k8s: K8s, ns: str
 ) -> None:
-    m = example("edges")
+    m = example_job("edges")
     m["spec"]["clients"].update(
         roundTimeoutSeconds=spec.MAX_TIMEOUT_SECONDS,
         waitTimeoutSeconds=30.0,  # a whole number written as a float
@@ -252,7 +232,7 @@ def test_apiserver_accepts_the_bounds_and_stores_whole_seconds_as_integers(
 
 
 def test_defaults_of_the_new_fields_are_integers(k8s: K8s, ns: str) -> None:
-    m = example("defaults")
+    m = example_job("defaults")
     m["spec"] = {"rounds": 1}
     stored = create(k8s, ns, m)
     clients = stored["spec"]["clients"]
@@ -313,7 +293,7 @@ def test_config_over_the_limit_passes_the_apiserver_but_the_operator_fails_the_j
 ) -> None:
     """The apiserver cannot bound a free-form object's size; the operator parses the
     CR with fedkube.spec.parse_job, so the same error reaches the status."""
-    m = example("bigconfig")
+    m = example_job("bigconfig")
     m["spec"]["train"]["config"] = {"blob": "x" * (spec.MAX_CONFIG_BYTES + 1)}
     assert len(json.dumps(m)) < 3 * 1024 * 1024  # under the apiserver's request limit
     create(k8s, namespace, m)  # accepted: the CRD cannot express this bound

@@ -5,7 +5,6 @@ plainly when it has neither a kubeconfig nor a service account."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -16,28 +15,13 @@ from fedkube.dashboard import kube, source
 from fedkube.dashboard.config import DashboardConfig
 from fedkube.dashboard.server import APP_SCRIPT
 from fedkube.state import open_state_store
-from tests.support.k8s import K8s, kube_path, wait_for
+from tests.support.k8s import EXAMPLE_JOB, K8s, example_job, kube_path
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "charts" / "fedkube" / "crds" / "federatedjobs.fedkube.dev.yaml"
-EXAMPLE = ROOT / "examples" / "mnist" / "federatedjob.yaml"
 FEDJOBS = f"{spec.API_VERSION}/federatedjobs"
 
 
-@pytest.fixture(scope="module")
-def crd(k8s: K8s) -> None:
-    k8s.kubectl("apply", "-f", str(CRD))
-    wait_for(
-        lambda: k8s.kubectl("get", "fedjobs", "-A", check=False).returncode == 0,
-        30,
-        "the FederatedJob CRD to be served",
-    )
-
-
 def make_job(k8s: K8s, namespace: str, name: str) -> None:
-    m: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
-    m["metadata"] = {"name": name}
-    k8s.api.create(kube_path(FEDJOBS, namespace), m)
+    k8s.api.create(kube_path(FEDJOBS, namespace), example_job(name))
     status = {
         "status": {
             "phase": "Running",
@@ -101,7 +85,7 @@ def test_the_jobs_and_detail_pages_show_the_cluster_objects(
     make_job(k8s, namespace, "dash-page")
     uri = f"sqlite:///{tmp_path / 'state.db'}"
     st = open_state_store(uri)
-    st.create_job("dash-page", yaml.safe_load(EXAMPLE.read_text()))
+    st.create_job("dash-page", yaml.safe_load(EXAMPLE_JOB.read_text()))
     st.close()
     monkeypatch.setenv("KUBECONFIG", str(k8s.kubeconfig))
     for k, v in DashboardConfig(state=uri, namespace=namespace).to_env().items():

@@ -23,32 +23,11 @@ import yaml
 
 from fedkube.state import open_state_store
 from fedkube.vocabulary import EventKind
-from tests.support.k8s import K8s, wait_for
+from tests.support.k8s import EXAMPLE_JOB, REPO, K8s, example_job, wait_for
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "charts" / "fedkube" / "crds" / "federatedjobs.fedkube.dev.yaml"
-EXAMPLE = ROOT / "examples" / "mnist" / "federatedjob.yaml"
 FEDKUBE = (sys.executable, "-P", "-m", "fedkube")
-
-
-@pytest.fixture(scope="session")
-def crd(k8s: K8s) -> None:
-    k8s.kubectl("apply", "-f", str(CRD))
-    wait_for(
-        lambda: k8s.kubectl("get", "fedjobs", "-A", check=False).returncode == 0,
-        30,
-        "the FederatedJob CRD to be served",
-    )
-
-
-def example(name: str = "mnist", **spec: Any) -> dict[str, Any]:
-    m = yaml.safe_load(EXAMPLE.read_text())
-    m["metadata"] = {"name": name}
-    for k, v in spec.items():
-        m["spec"][k] = v
-    return m
 
 
 def apply_fails(k8s: K8s, ns: str, manifest: dict[str, Any]) -> str:
@@ -58,7 +37,7 @@ def apply_fails(k8s: K8s, ns: str, manifest: dict[str, Any]) -> str:
 
 
 def test_crd_and_example_apply_with_printer_columns(k8s, crd, namespace):
-    k8s.kubectl("apply", "-f", str(EXAMPLE), namespace=namespace)
+    k8s.kubectl("apply", "-f", str(EXAMPLE_JOB), namespace=namespace)
     out = k8s.kubectl("get", "fedjobs", namespace=namespace).stdout
     header = out.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "ROUND", "ROUNDS", "COMBINERS", "READY", "METRIC", "AGE"]
@@ -102,7 +81,7 @@ def test_crd_and_example_apply_with_printer_columns(k8s, crd, namespace):
     ids=["rounds-0", "minUpdates-gt-perRound", "unknown-aggregator", "wrong-param", "long-name"],
 )
 def test_invalid_specs_are_rejected_naming_the_field(k8s, crd, namespace, mutate, field, message):
-    m = example()
+    m = example_job()
     mutate(m)
     err = apply_fails(k8s, namespace, m)
     assert field in err and message in err, err
@@ -132,7 +111,7 @@ def secrets(k8s: K8s, ns: str, s3_server: Any, mongo_uri: str) -> None:
 
 
 def job_for(s3_server: Any, bucket: str, **spec: Any) -> dict[str, Any]:
-    m = example(**spec)
+    m = example_job(**spec)
     m["spec"]["storage"] = {
         "s3": {
             "endpoint": s3_server.endpoint,
@@ -339,7 +318,7 @@ def test_operator_children_scale_suspend_restart_and_delete(
 
 
 def test_invalid_job_for_kubernetes_gets_an_event(k8s, namespace, operator):
-    m = example()
+    m = example_job()
     m["spec"].pop("storage")  # no shared storage: pods could not exchange models
     k8s.apply(m, namespace=namespace)
 
@@ -554,7 +533,7 @@ def test_end_to_end_mnist_on_the_cluster(
                 "--job",
                 str(job_file),
                 "--job-dir",
-                str(ROOT / "examples" / "mnist"),
+                str(REPO / "examples" / "mnist"),
                 "--client-index",
                 str(i),
                 "--num-clients",

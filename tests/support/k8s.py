@@ -479,6 +479,31 @@ def k8s(pytestconfig: pytest.Config) -> Iterator[K8s]:
         cluster.stop()
 
 
+#: the generated CRD and the example job the Kubernetes tests apply
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "charts" / "fedkube" / "crds" / "federatedjobs.fedkube.dev.yaml"
+EXAMPLE_JOB = REPO / "examples" / "mnist" / "federatedjob.yaml"
+
+
+def example_job(name: str = "mnist", **spec: Any) -> dict[str, Any]:
+    """The example FederatedJob named `name`, with `spec` fields replaced."""
+    m: dict[str, Any] = yaml.safe_load(EXAMPLE_JOB.read_text())
+    m["metadata"] = {"name": name}
+    m["spec"].update(spec)
+    return m
+
+
+@pytest.fixture(scope="session")
+def crd(k8s: K8s) -> None:
+    """The FederatedJob CRD applied to the session's cluster and served."""
+    k8s.kubectl("apply", "-f", str(CRD_FILE))
+    wait_for(
+        lambda: k8s.kubectl("get", "fedjobs", "-A", check=False).returncode == 0,
+        30,
+        "the FederatedJob CRD to be served",
+    )
+
+
 @pytest.fixture
 def namespace(k8s: K8s, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace named after the test; deleted afterwards (not waited for)."""
