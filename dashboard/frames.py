@@ -21,7 +21,13 @@ from fedkube.state.base import (
     RoundRecord,
     UpdateCount,
 )
-from fedkube.vocabulary import AssignmentStatus, AttemptStatus, ClientStatus, headline_metric
+from fedkube.vocabulary import (
+    AssignmentStatus,
+    AttemptStatus,
+    ClientStatus,
+    headline_metric,
+    headline_name,
+)
 
 #: The parts a round's wall time is broken into, in the order they happen, with
 #: the RoundRecord.timings key each comes from. Aggregation runs on the combiners
@@ -127,8 +133,7 @@ def metric_frame(rounds: Sequence[RoundRecord]) -> pd.DataFrame:
 def metric_names(frame: pd.DataFrame) -> list[str]:
     """The metrics of a metric_frame, the headline one first."""
     names = sorted(set(frame["metric"])) if len(frame) else []
-    first = headline_metric(dict.fromkeys(names, 0.0))
-    head = first.split("=", 1)[0] if first else None
+    head = headline_name(dict.fromkeys(names, 0.0))
     return sorted(names, key=lambda n: (n != head, n))
 
 

@@ -14,7 +14,7 @@ import streamlit as st
 from fedkube.dashboard import charts, frames, kube, ui
 from fedkube.report import duration_text
 from fedkube.state import EventRecord, JobRecord, RoundRecord, StateStore, UpdateCount
-from fedkube.vocabulary import AttemptStatus
+from fedkube.vocabulary import HEADLINE_FORMAT, AttemptStatus, headline_name
 
 #: clients per page of the participation heatmap, and rounds in its window
 HEATMAP_CLIENTS: Final = 50
@@ -37,11 +37,9 @@ def _header(job: JobRecord, rounds: list[RoundRecord]) -> None:
     cols = st.columns(5)
     cols[0].metric("Rounds committed", job.completed_rounds)
     latest = frames.latest_metrics(rounds)
-    head = frames.metric_names(
-        pd.DataFrame({"metric": list(latest)}) if latest else pd.DataFrame({"metric": []})
-    )
-    if head:
-        cols[1].metric(head[0], f"{latest[head[0]]:.4g}")
+    head = headline_name(latest)
+    if head is not None:
+        cols[1].metric(head, f"{latest[head]:{HEADLINE_FORMAT}}")
     else:
         cols[1].metric("Metric", "-")
     failed = sum(r.status == AttemptStatus.FAILED for r in rounds)
