@@ -270,7 +270,14 @@ def test_combiner_restart_costs_a_retry_not_the_job(tmp_path):
     job = write_job(
         tmp_path / "job",
         toy_manifest(
-            rounds=3, clients=4, combiners=2, min_updates=4, round_timeout=30, config={"sleep": 0.5}
+            rounds=3,
+            clients=4,
+            combiners=2,
+            min_updates=4,
+            round_timeout=30,
+            # round 2's first attempt trains 6 s longer: the kill below lands in it
+            # however slow the machine is to notice that round 2 started
+            config={"sleep": 0.5, "hold_round": {"round": 2, "seconds": 6}},
         ),
     )
     with Federation(job, tmp_path / "wd") as fed:

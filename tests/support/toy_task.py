@@ -5,7 +5,9 @@ FedAvg result is easy to predict. Per-client misbehaviour for bad-input tests
 comes from the train config: {"bad": {"client-3": "nan"}}; a hostile client
 claims what it likes with {"claim": {"client-3": 10**12}} and poisons its
 update with {"offset": {"client-3": 100.0}}; {"scribble": true} makes the
-train command write into IN_MODEL.
+train command write into IN_MODEL; {"hold_round": {"round": 2, "seconds": 5}}
+keeps the first attempt of round 2 training that much longer, so a test can
+disrupt it while it is surely in flight.
 Also runnable as a train command: python toy_task.py train IN OUT.
 """
 
@@ -43,6 +45,9 @@ def train(model: dict[str, np.ndarray], ctx: TaskContext) -> TrainResult:
     delay = float(cfg.get("sleep", 0)) + float(
         cfg.get("sleep_per_client", {}).get(ctx.client_id, 0)
     )
+    hold = cfg.get("hold_round", {})
+    if hold and ctx.round == int(hold["round"]) and ctx.attempt == 1:
+        delay += float(hold["seconds"])  # keeps one attempt open long enough to disrupt it
     if delay:
         time.sleep(delay)
     crash = cfg.get("crash", {}).get(ctx.client_id)
