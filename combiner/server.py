@@ -77,7 +77,7 @@ async def serve_combiner(
     """Serve until `stop` is set (or SIGTERM/SIGINT). With `metrics_port` (0: a free
     one, written to `metrics_port_file` before the gRPC port goes to `port_file`)
     serve /metrics and /healthz there too."""
-    log = get_logger("combiner", job=job.name, combiner=name)
+    log = get_logger("combiner", job=job.key, combiner=name)
     workdir.mkdir(parents=True, exist_ok=True)
     service = CombinerService(
         name=name,

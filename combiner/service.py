@@ -194,7 +194,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
     ) -> None:
         self.name = name
         self.job = job
-        self.telemetry = telemetry or CombinerTelemetry(job.name, name)
+        self.telemetry = telemetry or CombinerTelemetry(job.key, name)
         # Every store call is timed and its errors counted (fedkube_*_store_*).
         self.store = self.telemetry.stores.objects(store)
         self.state = self.telemetry.stores.state(state)
@@ -206,7 +206,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="state")
         self._events = ThreadPoolExecutor(1, thread_name_prefix="events")
         self._creds_io = ThreadPoolExecutor(1, thread_name_prefix="credentials")
-        self.log = get_logger("combiner", job=job.name, combiner=name)
+        self.log = get_logger("combiner", job=job.key, combiner=name)
         self.heartbeat_seconds = job.spec.clients.heartbeat_seconds
         self.auth = ClientAuth(self._load_credentials)
         self.refusals = RefusalLog()
@@ -230,7 +230,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
 
     def _event(self, kind: EventKind, message: str, level: str = "info", **kw: Any) -> None:
         ev = EventRecord(
-            job=self.job.name, kind=kind, message=message, level=level, combiner=self.name, **kw
+            job=self.job.key, kind=kind, message=message, level=level, combiner=self.name, **kw
         )
         asyncio.get_running_loop().run_in_executor(self._events, self._add_event_safe, ev)
 
@@ -253,7 +253,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         loop = asyncio.get_running_loop()
         try:
             records = await loop.run_in_executor(
-                self._creds_io, self.state.list_credentials, self.job.name
+                self._creds_io, self.state.list_credentials, self.job.key
             )
         except Exception as exc:  # keep the last snapshot
             self.log.warning("cannot load client credentials", error=str(exc))
@@ -346,10 +346,10 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
     ) -> AsyncIterator[pb.Task]:
         cred = await self._client(context, request.client_id.strip())
         cid = cred.client
-        if request.job and request.job != self.job.name:
+        if request.job and request.job != self.job.key:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"this combiner serves job {self.job.name!r}, not {request.job!r}",
+                f"this combiner serves job {self.job.key!r}, not {request.job!r}",
             )
         await self._one_stream(context, cid)
         me = ConnectedClient(
@@ -368,7 +368,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         self.log.info("client connected", client=cid, connected=len(self.clients))
         await self._io_call(
             self.state.upsert_client,
-            ClientRecord(self.job.name, cid, self.name, ClientStatus.CONNECTED, time.time()),
+            ClientRecord(self.job.key, cid, self.name, ClientStatus.CONNECTED, time.time()),
         )
         try:
             while True:
@@ -388,7 +388,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
                         self._io,
                         self.state.upsert_client,
                         ClientRecord(
-                            self.job.name, cid, self.name, ClientStatus.DISCONNECTED, time.time()
+                            self.job.key, cid, self.name, ClientStatus.DISCONNECTED, time.time()
                         ),
                     )
 
@@ -609,7 +609,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         if run.plan.kind == pb.TASK_KIND_VALIDATE:
             return None
         return UpdateRecord(
-            job=self.job.name,
+            job=self.job.key,
             round=run.plan.round,
             attempt=run.plan.attempt,
             client=a.client_id,
@@ -668,7 +668,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         """Fetch, check and fold one update into the running sum (worker thread)."""
         if run.cancelled or run.aggregator is None or run.template is None:
             raise UpdateRejected(Reason.PAST_ROUND, "the round was cancelled")
-        key = update_key(self.job.name, run.plan.round, run.plan.attempt, req.client_id)
+        key = update_key(self.job.key, run.plan.round, run.plan.attempt, req.client_id)
         t0 = time.perf_counter()
         assert run.workdir is not None
         tmp = run.workdir / f"{req.client_id}.safetensors"
@@ -749,7 +749,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         run = self.run
         return pb.CombinerStatus(
             name=self.name,
-            job=self.job.name,
+            job=self.job.key,
             connected=len(self.clients),
             busy=sum(1 for c in self.clients.values() if c.busy),
             round=run.plan.round if run else 0,
@@ -770,10 +770,10 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         self, plan: pb.RoundPlan, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RoundEvent]:
         await self._auth(context, self.reducer_token, "reducer")
-        if plan.job != self.job.name:
+        if plan.job != self.job.key:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"this combiner serves job {self.job.name!r}, not {plan.job!r}",
+                f"this combiner serves job {self.job.key!r}, not {plan.job!r}",
             )
         run = self._start_run(plan)
         self.telemetry.served(plan.kind)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedkube.spec import API_VERSION
+from fedkube.spec import API_VERSION, job_key
 
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "federatedjobs"
@@ -25,6 +25,7 @@ class KubeJob:
 
     namespace: str
     name: str
+    key: str  # the job key (fedkube.spec.job_key): how the state store knows it
     phase: str
     current_round: int | None
     rounds: int | None
@@ -94,6 +95,7 @@ def _job(obj: dict[str, Any]) -> KubeJob:
     return KubeJob(
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),
+        key=job_key(meta.get("name", ""), meta.get("namespace"), meta.get("uid")),
         phase=status.get("phase", "") or "(no status yet)",
         current_round=status.get("currentRound"),
         rounds=spec.get("rounds"),

@@ -605,7 +605,7 @@ def reducer(
         raise _fail(exc) from None
     try:
         obj, st = open_stores(
-            job, store_u, state_u, timeout=startup_timeout, log=get_logger("reducer", job=job.name)
+            job, store_u, state_u, timeout=startup_timeout, log=get_logger("reducer", job=job.key)
         )
         cfg = ReducerConfig(
             job=job,
@@ -732,7 +732,7 @@ def client(
         cfg = ClientConfig(
             address=connect,
             client_id=client_id,
-            job=spec_job.name if spec_job else job,
+            job=spec_job.key if spec_job else job,
             token=read_token(CLIENT_TOKEN_ENV, token_file),
             workdir=wd,
             tls=client_tls(tls_ca, tls_cert, tls_key, force=tls),
@@ -790,13 +790,73 @@ def operator(
     liveness_port: Annotated[
         int, typer.Option("--liveness-port", help="Serve GET /healthz here (0: off).")
     ] = 8080,
+    default_client_image: Annotated[
+        str,
+        typer.Option(
+            "--default-client-image",
+            help="Image of in-cluster client pods when spec.clients.template.image is unset.",
+        ),
+    ] = "ghcr.io/fedkube/fedkube-client:0.1.0",
+    operator_namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--operator-namespace",
+            envvar="POD_NAMESPACE",
+            help="The operator's own namespace, where the --default-*-secret Secrets are "
+            "(default: $POD_NAMESPACE).",
+        ),
+    ] = None,
+    default_s3_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--default-s3-endpoint",
+            help="HOST:PORT of the S3 store of jobs whose spec names no storage "
+            "(needs --default-s3-secret).",
+        ),
+    ] = None,
+    default_s3_bucket: Annotated[
+        str, typer.Option("--default-s3-bucket", help="Bucket of that S3 store.")
+    ] = "fedkube",
+    default_s3_secure: Annotated[
+        bool,
+        typer.Option(
+            "--default-s3-secure/--no-default-s3-secure", help="Reach that S3 store over HTTPS."
+        ),
+    ] = True,
+    default_s3_public_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--default-s3-public-endpoint",
+            help="HOST:PORT clients outside the cluster reach that S3 store at (presigned URLs).",
+        ),
+    ] = None,
+    default_s3_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--default-s3-secret",
+            help="Secret in the operator's namespace with AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY of that S3 store (copied into each job's namespace as "
+            "<job>-storage).",
+        ),
+    ] = None,
+    default_mongodb_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--default-mongodb-secret",
+            help="Secret in the operator's namespace whose key `uri` is the MongoDB URI of jobs "
+            "whose spec names no state store.",
+        ),
+    ] = None,
+    default_mongodb_database: Annotated[
+        str, typer.Option("--default-mongodb-database", help="Database of that MongoDB.")
+    ] = "fedkube",
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run the Kubernetes operator: reconcile FederatedJobs into a reducer Deployment, a
     combiner StatefulSet, Services, a ConfigMap and token Secrets; keep their status in
     sync with the state store."""
     try:
-        from fedkube.operator.builders import OperatorSettings
+        from fedkube.operator.builders import OperatorSettings, StorageDefaults
         from fedkube.operator.main import run_operator
     except ImportError as exc:
         raise _fail(
@@ -806,8 +866,25 @@ def operator(
         ) from None
     if not namespace and not all_namespaces:
         raise _fail(ValueError("pass --namespace NS (repeatable) or --all-namespaces"))
+    if bool(default_s3_endpoint) != bool(default_s3_secret):
+        raise _fail(ValueError("--default-s3-endpoint and --default-s3-secret go together"))
+    if (default_s3_secret or default_mongodb_secret) and not operator_namespace:
+        raise _fail(ValueError("--default-*-secret needs --operator-namespace (or $POD_NAMESPACE)"))
     settings = OperatorSettings(
-        default_image=default_image, log_level=log_level, image_pull_policy=image_pull_policy
+        default_image=default_image,
+        log_level=log_level,
+        image_pull_policy=image_pull_policy,
+        default_client_image=default_client_image,
+        namespace=operator_namespace,
+        storage=StorageDefaults(
+            s3_endpoint=default_s3_endpoint,
+            s3_bucket=default_s3_bucket,
+            s3_secure=default_s3_secure,
+            s3_public_endpoint=default_s3_public_endpoint,
+            s3_secret=default_s3_secret,
+            mongodb_secret=default_mongodb_secret,
+            mongodb_database=default_mongodb_database,
+        ),
     )
     run_operator(
         namespaces=namespace or [],

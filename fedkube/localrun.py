@@ -217,9 +217,9 @@ class LocalFederation:
             if self._issuer is None:
                 self._issuer = open_state_store(self.state_uri)
             cid = f"client-{i}"
-            self._issuer.revoke_credentials(self.job.name, cid)
+            self._issuer.revoke_credentials(self.job.key, cid)
             self._client_tokens[i] = self._issuer.issue_credential(
-                self.job.name, cid, "simulated client of fedkube run"
+                self.job.key, cid, "simulated client of fedkube run"
             )[0]
         return self._client_tokens[i]
 
@@ -264,7 +264,7 @@ class LocalFederation:
 
     def prepare(self, state: StateStore) -> bool:
         """Returns False when the job already succeeded (nothing to run)."""
-        name = self.job.name
+        name = self.job.key
         existing = state.get_job(name)
         if existing is not None and self.opts.fresh:
             raise SpecError(
@@ -296,10 +296,10 @@ class LocalFederation:
         try:
             if not self.prepare(state):
                 self.console.print(
-                    f"[green]job {self.job.name!r} already succeeded[/] in "
+                    f"[green]job {self.job.key!r} already succeeded[/] in "
                     f"{self.workdir} (use --fresh to start over)"
                 )
-                self.console.print(render_status(job_status(state, self.job.name)))
+                self.console.print(render_status(job_status(state, self.job.key)))
                 return 0
             return self._run(state, job_yaml, run_dir)
         finally:
@@ -333,7 +333,7 @@ class LocalFederation:
         reducer = self.start_reducer(job_yaml)
         self.start_clients(job_yaml)
         self.console.print(
-            f"[bold]fedkube run[/] job [bold]{self.job.name}[/]: {self.job.spec.rounds} rounds, "
+            f"[bold]fedkube run[/] job [bold]{self.job.key}[/]: {self.job.spec.rounds} rounds, "
             f"{len(self.combiners)} combiners, {self.job.spec.clients.simulation.clients} "
             f"clients  (workdir {self.workdir}, logs in {self.workdir / 'logs'})"
         )
@@ -507,7 +507,7 @@ class LocalFederation:
         )
 
     def _watch(self, state: StateStore, reducer: Proc) -> int:
-        name = self.job.name
+        name = self.job.key
         last_line = ""
         clients_failed: str | None = None
         live: Live | None = None
@@ -588,7 +588,7 @@ class LocalFederation:
 
     def _clients_failed(self, state: StateStore, reason: str) -> int:
         """Stop the federation, record the job Failed with `reason`, show the log tail."""
-        name = self.job.name
+        name = self.job.key
         first = next(iter(self._exited.values()))
         self.console.print(
             f"[red]job {name!r} cannot run[/]: {escape(reason)}\n"

@@ -82,6 +82,8 @@ INT32_MAX: Final = 2**31 - 1
 MAX_SAFE_INTEGER: Final = 2**53
 # Clients per round, validation reports, ...: well inside the protocol's int32 quota.
 MAX_CLIENTS: Final = 100_000
+#: in-cluster client pods of one job (their tokens share one Secret, at most 1 MiB)
+MAX_TEMPLATE_CLIENTS: Final = 1000
 
 
 def _integer(value: Any) -> Any:
@@ -158,6 +160,8 @@ class Metadata(_Model):
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str
     namespace: str | None = None
+    #: set on Kubernetes (the operator writes it into the pods' job file): part of the job key
+    uid: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 
@@ -299,6 +303,53 @@ class ClientServiceSpec(_Model):
     )
 
 
+class ClientTemplateSpec(_Model):
+    """Client pods the operator runs in the job's namespace (a StatefulSet
+    ``<job>-client``, so each pod's name ``<job>-client-<i>`` is a stable client id)."""
+
+    replicas: Integer = Field(
+        default=2,
+        ge=0,
+        le=MAX_TEMPLATE_CLIENTS,
+        description="Number of client pods (at most 1000: their tokens share one Secret).",
+    )
+    image: str | None = Field(
+        default=None,
+        description="Image with the job's train code (default: the operator's client image).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Pull policy of that image."
+    )
+    command: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Entrypoint of the client container (default: `fedkube client`).",
+    )
+    args: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra arguments after the ones the operator passes (--connect, --job, "
+        "--client-id, --token-file, ...).",
+    )
+    working_dir: str | None = Field(
+        default=None,
+        description="Directory holding the train code that spec.train names (default: the "
+        "image's working directory).",
+    )
+    env: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=128, description="Extra environment (Kubernetes EnvVar)."
+    )
+    resources: dict[str, Any] = Field(
+        default_factory=dict, description="Kubernetes ResourceRequirements of a client pod."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector of the client pods."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=64, description="Tolerations of the client pods."
+    )
+
+
 class ClientsSpec(_Model):
     """Client selection, quorum and deadlines of each round."""
 
@@ -333,6 +384,11 @@ class ClientsSpec(_Model):
     )
     simulation: SimulationSpec = Field(default_factory=SimulationSpec)
     service: ClientServiceSpec = Field(default_factory=ClientServiceSpec)
+    template: ClientTemplateSpec | None = Field(
+        default=None,
+        description="In-cluster clients (Kubernetes): the operator runs `replicas` client pods "
+        "from this template, each with its own credential.",
+    )
 
     @model_validator(mode="after")
     def _quorum(self) -> ClientsSpec:
@@ -344,6 +400,18 @@ class ClientsSpec(_Model):
         return self
 
 
+class CombinerTlsSpec(_Model):
+    """TLS on the combiners' gRPC port (Kubernetes)."""
+
+    secret_name: str = Field(
+        description="Secret in the job's namespace with tls.crt, tls.key and ca.crt (e.g. "
+        "made by cert-manager); the certificate must name <job>-clients, "
+        "*.<job>-combiner and the address outside clients dial.",
+        min_length=1,
+        max_length=253,
+    )
+
+
 class CombinersSpec(_Model):
     """The combiners: the servers clients connect to; each aggregates its clients' updates."""
 
@@ -351,6 +419,11 @@ class CombinersSpec(_Model):
     port: Integer = Field(default=7070, ge=1, le=65535, description="gRPC port of each combiner.")
     resources: dict[str, Any] = Field(
         default_factory=dict, description="Kubernetes ResourceRequirements of a combiner pod."
+    )
+    tls: CombinerTlsSpec | None = Field(
+        default=None,
+        description="Serve TLS from this Secret; the reducer and in-cluster clients verify "
+        "it with its ca.crt (Kubernetes).",
     )
 
 
@@ -604,9 +677,33 @@ class FederatedJob(_Model):
     def name(self) -> str:
         return self.metadata.name
 
+    @property
+    def key(self) -> str:
+        """The job key: what the state store, the object keys, the client credentials and
+        the metrics know this job by (see `job_key`)."""
+        return job_key(self.metadata.name, self.metadata.namespace, self.metadata.uid)
+
     def to_manifest(self) -> dict[str, Any]:
         """The manifest form (camelCase, decimals as strings, no unset status)."""
         return self.model_dump(mode="json", by_alias=True, exclude={"status"}, exclude_none=True)
+
+
+#: characters of the uid in a job key: enough to tell two incarnations of one name apart
+JOB_KEY_UID_CHARS: Final = 8
+
+
+def job_key(name: str, namespace: str | None = None, uid: str | None = None) -> str:
+    """The job key.
+
+    ``fedkube run`` (no uid): the job's name, as it always was. On Kubernetes:
+    ``<namespace>/<name>-<first 8 characters of the uid>``, so two FederatedJobs of
+    one name in two namespaces never share a record, a model or a credential, and a
+    job deleted and created again under its old name starts afresh (continue from an
+    old model with ``spec.model.seedUri``).
+    """
+    if not uid:
+        return name
+    return f"{namespace or 'default'}/{name}-{uid.replace('-', '')[:JOB_KEY_UID_CHARS]}"
 
 
 # Fields holding a discriminated union: pydantic puts the tag into the location.

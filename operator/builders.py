@@ -47,7 +47,14 @@ from typing import Any, Final
 import yaml
 
 from fedkube.operator import names
-from fedkube.spec import API_VERSION, KIND, FederatedJob
+from fedkube.spec import (
+    API_VERSION,
+    KIND,
+    ClientTemplateSpec,
+    FederatedJob,
+    MongoStateSpec,
+    S3StorageSpec,
+)
 
 # Where the pods find things.
 JOB_MOUNT: Final = "/etc/fedkube"
@@ -68,6 +75,10 @@ SCRAPE_PATH_ANNOTATION: Final = "prometheus.io/path"
 REDUCER_TOKEN_ENV: Final = "FEDKUBE_REDUCER_TOKEN"  # = fedkube.rpc.REDUCER_TOKEN_ENV
 CONFIG_HASH_ANNOTATION: Final = "fedkube.dev/config-hash"
 TERMINATION_GRACE_SECONDS: Final = 30
+#: the label the StatefulSet controller puts on each pod: its ordinal (Kubernetes >= 1.28)
+POD_INDEX_LABEL: Final = "apps.kubernetes.io/pod-index"
+#: group that may read the mounted client tokens (the images' user is 10001:10001)
+CLIENT_FS_GROUP: Final = 10001
 
 # Manifest fields (camelCase paths under spec) that the reducer and combiner
 # processes do not take from job.yaml at start-up, so a change to one of them
@@ -83,7 +94,16 @@ NOT_IN_CONFIG_HASH: Final[tuple[tuple[str, ...], ...]] = (
     ("reducer", "resources"),
     ("image",),
     ("imagePullPolicy",),
+    # the reducer follows spec.rounds through the job record, before each round
+    ("rounds",),
+    # the client StatefulSet's pod template rolls by itself
+    ("clients", "template"),
 )
+CLIENT_TOKENS_MOUNT: Final = "/var/run/fedkube/client-tokens"
+#: where spec.combiners.tls.secretName is mounted (tls.crt, tls.key, ca.crt)
+TLS_MOUNT: Final = "/etc/fedkube/tls"
+TLS_SERVER_KEYS: Final = ("tls.crt", "tls.key")  # what a combiner mounts of it
+TLS_CA_KEYS: Final = ("ca.crt",)  # what the reducer and the clients mount
 
 
 class BuildError(ValueError):
@@ -91,10 +111,81 @@ class BuildError(ValueError):
 
 
 @dataclass(frozen=True)
+class StorageDefaults:
+    """The S3 and MongoDB a job gets when it names none (the Helm chart's storage).
+
+    The Secrets live in the operator's namespace; the operator copies their
+    values into Secret ``<job>-storage`` in the job's namespace (pods can only
+    read Secrets of their own namespace).
+    """
+
+    s3_endpoint: str | None = None
+    s3_bucket: str = "fedkube"
+    s3_secure: bool = True
+    s3_public_endpoint: str | None = None
+    s3_secret: str | None = None  # keys names.S3_CREDENTIAL_KEYS
+    mongodb_secret: str | None = None  # key names.MONGODB_URI_KEY
+    mongodb_database: str = "fedkube"
+
+    @property
+    def s3(self) -> bool:
+        return bool(self.s3_endpoint and self.s3_secret)
+
+    @property
+    def mongodb(self) -> bool:
+        return bool(self.mongodb_secret)
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     default_image: str = "ghcr.io/fedkube/fedkube:0.1.0"
     log_level: str = "info"
     image_pull_policy: str | None = None
+    default_client_image: str = "ghcr.io/fedkube/fedkube-client:0.1.0"
+    storage: StorageDefaults = StorageDefaults()
+    namespace: str | None = None  # the operator's own (where the default Secrets are)
+
+
+def with_defaults(job: FederatedJob, settings: OperatorSettings) -> FederatedJob:
+    """The job with the operator's default S3 and MongoDB filled in where it names
+    neither (``spec.storage`` / ``spec.stateStore`` empty), pointing at Secret
+    ``<job>-storage``; a job that names its own storage is returned unchanged."""
+    d = settings.storage
+    spec = job.spec
+    patch: dict[str, Any] = {}
+    if d.s3 and spec.storage.s3 is None and spec.storage.local is None:
+        patch["storage"] = spec.storage.model_copy(
+            update={
+                "s3": S3StorageSpec(
+                    endpoint=d.s3_endpoint or "",
+                    bucket=d.s3_bucket,
+                    secure=d.s3_secure,
+                    public_endpoint=d.s3_public_endpoint,
+                    credentials_secret=names.storage_secret(job.name),
+                )
+            }
+        )
+    if d.mongodb and spec.state_store.mongodb is None and spec.state_store.sqlite is None:
+        patch["state_store"] = spec.state_store.model_copy(
+            update={
+                "mongodb": MongoStateSpec(
+                    uri_secret=names.storage_secret(job.name), database=d.mongodb_database
+                )
+            }
+        )
+    if not patch:
+        return job
+    return job.model_copy(update={"spec": spec.model_copy(update=patch)})
+
+
+def uses_default_storage(job: FederatedJob) -> bool:
+    """True if the job (after `with_defaults`) reads Secret ``<job>-storage``."""
+    own = names.storage_secret(job.name)
+    s3 = job.spec.storage.s3
+    mongo = job.spec.state_store.mongodb
+    return (s3 is not None and s3.credentials_secret == own) or (
+        mongo is not None and mongo.uri_secret == own
+    )
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -147,7 +238,8 @@ def check_runnable(job: FederatedJob) -> None:
     s3 = spec.storage.s3
     if s3 is None:
         raise BuildError(
-            "spec.storage.s3 is required on Kubernetes (pods share no local directory)"
+            "spec.storage.s3 is required on Kubernetes (pods share no local directory), "
+            "unless the operator has default storage (the Helm chart's storage values)"
         )
     if not s3.credentials_secret:
         raise BuildError(
@@ -157,7 +249,8 @@ def check_runnable(job: FederatedJob) -> None:
     mongo = spec.state_store.mongodb
     if mongo is None:
         raise BuildError(
-            "spec.stateStore.mongodb is required on Kubernetes (pods share no local directory)"
+            "spec.stateStore.mongodb is required on Kubernetes (pods share no local directory), "
+            "unless the operator has default storage (the Helm chart's storage values)"
         )
     if not mongo.uri_secret:
         raise BuildError(
@@ -181,6 +274,9 @@ def job_manifest(job: FederatedJob, namespace: str) -> dict[str, Any]:
     """
     manifest = job.to_manifest()
     manifest["metadata"] = {"name": job.name, "namespace": namespace}
+    if job.metadata.uid:
+        # part of the job key (fedkube.spec.job_key): the pods' state and objects
+        manifest["metadata"]["uid"] = job.metadata.uid
     return manifest
 
 
@@ -265,6 +361,43 @@ def _pod_spec(job: FederatedJob, container: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _tls_secret(job: FederatedJob) -> str | None:
+    tls = job.spec.combiners.tls
+    return tls.secret_name if tls is not None else None
+
+
+def _with_tls(job: FederatedJob, pod: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Mount the combiners' TLS Secret (only `keys` of it) into the pod's container."""
+    secret = _tls_secret(job)
+    if secret is None:
+        return pod
+    pod["volumes"].append(
+        {
+            "name": "tls",
+            "secret": {
+                "secretName": secret,
+                "items": [{"key": k, "path": k} for k in keys],
+                "defaultMode": 0o440,
+            },
+        }
+    )
+    pod["containers"][0]["volumeMounts"].append(
+        {"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}
+    )
+    pod.setdefault("securityContext", {})["fsGroup"] = CLIENT_FS_GROUP
+    return pod
+
+
+def tls_args(job: FederatedJob, role: str) -> list[str]:
+    """TLS flags of a role's command when spec.combiners.tls is set: the combiner serves
+    the certificate, the reducer and the clients verify it against ca.crt."""
+    if _tls_secret(job) is None:
+        return []
+    if role == "combiner":
+        return ["--tls-cert", f"{TLS_MOUNT}/tls.crt", "--tls-key", f"{TLS_MOUNT}/tls.key"]
+    return ["--tls-ca", f"{TLS_MOUNT}/ca.crt"]
+
+
 def scrape_annotations(port: int) -> dict[str, str]:
     """What tells Prometheus to scrape a pod or Service: its metrics port and path."""
     return {
@@ -296,7 +429,11 @@ def _pod_template(
                 **scrape_annotations(metrics_port),
             },
         },
-        "spec": _pod_spec(job, container),
+        "spec": _with_tls(
+            job,
+            _pod_spec(job, container),
+            TLS_SERVER_KEYS if component == names.COMPONENT_COMBINER else TLS_CA_KEYS,
+        ),
     }
 
 
@@ -443,6 +580,7 @@ def reducer_command(job: FederatedJob, settings: OperatorSettings) -> list[str]:
         # A finished reducer keeps serving /healthz instead of exiting: a
         # Deployment would restart an exited pod over and over.
         "--linger",
+        *tls_args(job, "reducer"),
         "--log-level",
         settings.log_level,
     ]
@@ -463,6 +601,7 @@ def combiner_command(job: FederatedJob, settings: OperatorSettings) -> list[str]
         str(combiner_metrics_port(job)),
         "--workdir",
         WORKDIR,
+        *tls_args(job, "combiner"),
         "--log-level",
         settings.log_level,
     ]
@@ -587,6 +726,181 @@ def build_combiner_statefulset(
     }
 
 
+# ---------------------------------------------------------------- in-cluster clients
+
+
+def build_storage_secret(
+    job: FederatedJob, namespace: str, uid: str, data: Mapping[str, str]
+) -> dict[str, Any]:
+    """Secret ``<job>-storage``: the operator's default S3 credentials and MongoDB URI,
+    copied from its own namespace (``data``: key -> plain value)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(
+            names.storage_secret(job.name), job, namespace, uid, names.COMPONENT_STORAGE
+        ),
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in sorted(data.items())},
+    }
+
+
+def client_ids(job: FederatedJob) -> list[str]:
+    """The ids of the in-cluster clients: their pod names ``<job>-client-<i>``."""
+    tpl = job.spec.clients.template
+    n = 0 if tpl is None else tpl.replicas
+    return [names.client_pod(job.name, i) for i in range(n)]
+
+
+def build_client_tokens_secret(
+    job: FederatedJob, namespace: str, uid: str, tokens: Mapping[str, str]
+) -> dict[str, Any]:
+    """Secret ``<job>-client-tokens``: key = client id (its pod name), value = the token
+    issued to that client alone (its digest is in the state store)."""
+    missing = [c for c in client_ids(job) if not tokens.get(c)]
+    if missing:
+        raise BuildError(f"FederatedJob {job.name!r}: no token for client(s) {missing[:3]}")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(
+            names.client_tokens_secret(job.name), job, namespace, uid, names.COMPONENT_CLIENT
+        ),
+        "type": "Opaque",
+        "data": {c: base64.b64encode(tokens[c].encode()).decode() for c in client_ids(job)},
+    }
+
+
+def client_args(job: FederatedJob) -> list[str]:
+    """What the operator passes to ``fedkube client`` in a client pod (the template's own
+    ``args`` follow)."""
+    tpl = job.spec.clients.template
+    assert tpl is not None
+    return [
+        "--connect",
+        f"{names.clients_service(job.name)}:{job.spec.combiners.port}",
+        "--job",
+        JOB_FILE,
+        "--job-dir",
+        tpl.working_dir or ".",
+        "--client-id",
+        "$(POD_NAME)",
+        "--token-file",
+        f"{CLIENT_TOKENS_MOUNT}/$(POD_NAME)",
+        "--client-index",
+        "$(FEDKUBE_CLIENT_INDEX)",
+        "--num-clients",
+        str(tpl.replicas),
+        "--workdir",
+        WORKDIR,
+        *tls_args(job, "client"),
+        "--log-level",
+        "info",
+    ]
+
+
+def _client_container(
+    job: FederatedJob, tpl: ClientTemplateSpec, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The client pods' container: the template's image, the operator's connection
+    arguments, the pod's name as client id and its own token file."""
+    env = [
+        {
+            "name": "POD_NAME",
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+        },
+        {
+            "name": "FEDKUBE_CLIENT_INDEX",
+            "valueFrom": {
+                "fieldRef": {
+                    "apiVersion": "v1",
+                    "fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']",
+                }
+            },
+        },
+        *copy.deepcopy(tpl.env),
+    ]
+    container: dict[str, Any] = {
+        "name": "client",
+        "image": tpl.image or settings.default_client_image,
+    }
+    policy = tpl.image_pull_policy or settings.image_pull_policy
+    if policy:
+        container["imagePullPolicy"] = policy
+    container.update(
+        {
+            "command": list(tpl.command) or ["fedkube", "client"],
+            "args": [*client_args(job), *tpl.args],
+            "env": env,
+            "resources": copy.deepcopy(tpl.resources),
+            "securityContext": _container_security(),
+            "volumeMounts": [
+                *_volume_mounts(),
+                {"name": "client-tokens", "mountPath": CLIENT_TOKENS_MOUNT, "readOnly": True},
+            ],
+        }
+    )
+    if tpl.working_dir:
+        container["workingDir"] = tpl.working_dir
+    return container
+
+
+def build_client_statefulset(
+    job: FederatedJob, namespace: str, uid: str, settings: OperatorSettings
+) -> dict[str, Any]:
+    """StatefulSet ``<job>-client`` (spec.clients.template): pods ``<job>-client-<i>``.
+
+    Each pod is client ``<job>-client-<i>`` and presents that client's own token, the
+    file named after its pod in Secret ``<job>-client-tokens``. All pods share one pod
+    template, so the whole Secret is mounted in each: the pods of one StatefulSet run one
+    image in one namespace and form one trust domain, while the combiner still binds each
+    token to its client id (clients outside the cluster get credentials of their own from
+    ``fedkube clients issue``). Clients reach the combiners through ``<job>-clients``
+    like clients outside the cluster, and never see the reducer token or the storage
+    credentials.
+    """
+    tpl = job.spec.clients.template
+    if tpl is None:
+        raise BuildError(f"FederatedJob {job.name!r} has no spec.clients.template")
+    container = _client_container(job, tpl, settings)
+    pod = _with_tls(job, _pod_spec(job, container), TLS_CA_KEYS)
+    pod["volumes"].append(
+        {
+            "name": "client-tokens",
+            "secret": {
+                "secretName": names.client_tokens_secret(job.name),
+                "defaultMode": 0o440,
+            },
+        }
+    )
+    pod["securityContext"]["fsGroup"] = CLIENT_FS_GROUP
+    if tpl.node_selector:
+        pod["nodeSelector"] = dict(tpl.node_selector)
+    if tpl.tolerations:
+        pod["tolerations"] = copy.deepcopy(tpl.tolerations)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(
+            names.client_statefulset(job.name), job, namespace, uid, names.COMPONENT_CLIENT
+        ),
+        "spec": {
+            "replicas": 0 if job.spec.suspend else tpl.replicas,
+            "serviceName": names.client_statefulset(job.name),
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "selector": {"matchLabels": names.selector(job.name, names.COMPONENT_CLIENT)},
+            "template": {
+                "metadata": {
+                    "labels": names.labels(job.name, names.COMPONENT_CLIENT),
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash(job, namespace)},
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
 def build_children(
     job: FederatedJob,
     namespace: str,
@@ -594,19 +908,36 @@ def build_children(
     settings: OperatorSettings,
     *,
     reducer_token: str,
+    storage: Mapping[str, str] | None = None,
+    client_tokens: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every child of the job, in apply order: ConfigMap, Secret, Services, StatefulSet,
-    Deployment (what the pods mount and dial exists before the pods).
+    """Every child of the job, in apply order: Secrets and ConfigMap, Services,
+    StatefulSets, Deployment (what the pods mount and dial exists before the pods).
 
-    ``reducer_token`` goes into the Secret (the handlers keep an existing one).
+    ``reducer_token`` goes into ``<job>-tokens`` (the handlers keep an existing one);
+    ``storage`` (the default storage's credentials) into ``<job>-storage`` when the job
+    uses it; ``client_tokens`` (client id -> token) into ``<job>-client-tokens`` when the
+    job has ``spec.clients.template``.
     """
     check_runnable(job)
-    return [
+    out = []
+    if uses_default_storage(job):
+        if not storage:
+            raise BuildError(f"FederatedJob {job.name!r}: the default storage has no credentials")
+        out.append(build_storage_secret(job, namespace, uid, storage))
+    out += [
         build_config_map(job, namespace, uid),
         build_tokens_secret(job, namespace, uid, reducer_token),
+    ]
+    if job.spec.clients.template is not None:
+        out.append(build_client_tokens_secret(job, namespace, uid, client_tokens or {}))
+    out += [
         build_reducer_service(job, namespace, uid),
         build_combiner_headless_service(job, namespace, uid),
         build_clients_service(job, namespace, uid),
         build_combiner_statefulset(job, namespace, uid, settings),
         build_reducer_deployment(job, namespace, uid, settings),
     ]
+    if job.spec.clients.template is not None:
+        out.append(build_client_statefulset(job, namespace, uid, settings))
+    return out

@@ -24,7 +24,16 @@ import kopf
 
 from fedkube.errors import FedkubeError, SpecError
 from fedkube.operator import names
-from fedkube.operator.builders import BuildError, OperatorSettings, build_children
+from fedkube.operator.builders import (
+    BuildError,
+    OperatorSettings,
+    build_children,
+    check_runnable,
+    client_ids,
+    job_manifest,
+    uses_default_storage,
+    with_defaults,
+)
 from fedkube.operator.crd import GROUP, PLURAL, VERSION
 from fedkube.operator.kube import Kube
 from fedkube.operator.status import EventReason, parse_rfc3339, phase_event_reason, status_from
@@ -70,6 +79,7 @@ def manifest_of(body: Any) -> dict[str, Any]:
         "metadata": {
             "name": md.get("name"),
             "namespace": md.get("namespace"),
+            "uid": md.get("uid"),
             "labels": dict(md.get("labels") or {}),
         },
         "spec": dict(body.get("spec") or {}),
@@ -113,18 +123,60 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         st.close()
 
 
+def _default_secret(rt: Runtime, job: FederatedJob, secret: str | None) -> tuple[str, str] | None:
+    """(namespace, name) of the operator's own MongoDB Secret when `secret` is the job's
+    copy of it (``<job>-storage``), which may not exist yet."""
+    d, ns = rt.settings.storage, rt.settings.namespace
+    if secret != names.storage_secret(job.name) or not ns or not d.mongodb_secret:
+        return None
+    return ns, d.mongodb_secret
+
+
+async def _secret_value(rt: Runtime, where: tuple[str, str], key: str) -> str:
+    assert rt.kube is not None
+    value = await rt.kube.secret_value(where[0], where[1], key)
+    if not value:
+        raise BuildError(f"Secret {where[0]}/{where[1]} has no key {key!r}")
+    return value
+
+
+async def _storage_data(rt: Runtime, job: FederatedJob) -> dict[str, str] | None:
+    """The values of Secret ``<job>-storage``, read from the operator's default Secrets
+    (None when the job names its own storage)."""
+    if not uses_default_storage(job):
+        return None
+    d, ns = rt.settings.storage, rt.settings.namespace
+    if not ns:
+        raise BuildError("the operator does not know its namespace (set POD_NAMESPACE)")
+    data: dict[str, str] = {}
+    s3 = job.spec.storage.s3
+    if s3 is not None and s3.credentials_secret == names.storage_secret(job.name):
+        assert d.s3_secret
+        for key in names.S3_CREDENTIAL_KEYS:
+            data[key] = await _secret_value(rt, (ns, d.s3_secret), key)
+    mongo = job.spec.state_store.mongodb
+    if mongo is not None and mongo.uri_secret == names.storage_secret(job.name):
+        assert d.mongodb_secret
+        data[names.MONGODB_URI_KEY] = await _secret_value(
+            rt, (ns, d.mongodb_secret), names.MONGODB_URI_KEY
+        )
+    return data
+
+
 async def _state_for(rt: Runtime, job: FederatedJob, namespace: str) -> StateStore:
-    """The job's state store: the override, or the MongoDB URI in its Secret."""
+    """The job's state store: the override, or the MongoDB URI in its Secret (for the
+    default storage, the operator's own Secret)."""
     uri = rt.state_override
     if uri is None:
         mongo = job.spec.state_store.mongodb
         if mongo is None or not mongo.uri_secret:
             raise BuildError("spec.stateStore.mongodb.uriSecret is required on Kubernetes")
+        where = _default_secret(rt, job, mongo.uri_secret) or (namespace, mongo.uri_secret)
         assert rt.kube is not None
-        uri = await rt.kube.secret_value(namespace, mongo.uri_secret, names.MONGODB_URI_KEY)
+        uri = await rt.kube.secret_value(where[0], where[1], names.MONGODB_URI_KEY)
         if not uri:
             raise BuildError(
-                f"Secret {namespace}/{mongo.uri_secret} has no key {names.MONGODB_URI_KEY!r} "
+                f"Secret {where[0]}/{where[1]} has no key {names.MONGODB_URI_KEY!r} "
                 "(spec.stateStore.mongodb.uriSecret)"
             )
         if "/" not in uri.split("://", 1)[-1].split("?")[0]:
@@ -169,8 +221,41 @@ async def _drop_legacy_keys(
     kopf.info(body, reason=EventReason.RECONCILED, message=msg)
 
 
-def _parse(body: Any) -> FederatedJob:
-    return parse_job(manifest_of(body), source=f"FederatedJob {body['metadata'].get('name')}")
+def _parse(rt: Runtime, body: Any) -> FederatedJob:
+    """The job as its children see it: uid kept (the job key), default storage filled in."""
+    job = parse_job(manifest_of(body), source=f"FederatedJob {body['metadata'].get('name')}")
+    return with_defaults(job, rt.settings)
+
+
+async def _client_tokens(
+    rt: Runtime,
+    job: FederatedJob,
+    namespace: str,
+    state: StateStore,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> dict[str, str] | None:
+    """One token per in-cluster client (spec.clients.template): those already in
+    ``<job>-client-tokens``, and new ones issued into the state store for new pods;
+    the credentials of pods scaled away are revoked. None without a template."""
+    assert rt.kube is not None
+    secret = names.client_tokens_secret(job.name)
+    sec = await rt.kube.get("v1", "Secret", namespace, secret)
+    have = {k: base64.b64decode(v).decode() for k, v in ((sec or {}).get("data") or {}).items()}
+    wanted = client_ids(job)
+    tokens = {c: have[c] for c in wanted if c in have}
+    key = job.key
+    for cid in wanted:
+        if cid not in tokens:
+            token, _ = await asyncio.to_thread(
+                state.issue_credential, key, cid, f"in-cluster client pod of {namespace}/{job.name}"
+            )
+            tokens[cid] = token
+    gone = sorted(set(have) - set(wanted))
+    for cid in gone:
+        await asyncio.to_thread(state.revoke_credentials, key, cid)
+    if gone:
+        logger.info(f"revoked the credentials of {len(gone)} client pod(s) scaled away")
+    return tokens if job.spec.clients.template is not None else None
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -192,11 +277,35 @@ async def reconcile(
     rt = _runtime(memo)
     assert rt.kube is not None and namespace is not None
     try:
-        job = _parse(body)
+        job = _parse(rt, body)
+        check_runnable(job)  # what is wrong with the spec, before any Secret is read
         reducer_token, legacy_client_token = await _reducer_token(rt, namespace, name)
-        children = build_children(job, namespace, uid, rt.settings, reducer_token=reducer_token)
+        storage = await _storage_data(rt, job)
         state = await _state_for(rt, job, namespace)
     except (SpecError, BuildError) as exc:
+        kopf.warn(body, reason=EventReason.INVALID_SPEC, message=str(exc))
+        patch.status["phase"] = Phase.FAILED.value
+        patch.status["message"] = str(exc)
+        raise kopf.PermanentError(str(exc)) from None
+    try:
+        # The record first: the reducer follows spec.rounds, replicas and suspend there,
+        # and in-cluster clients' credentials are issued into it.
+        await asyncio.to_thread(state.create_job, job.key, job_manifest(job, namespace))
+        client_tokens = await _client_tokens(rt, job, namespace, state, logger)
+    except FedkubeError as exc:
+        kopf.warn(body, reason=EventReason.STATE_STORE_UNAVAILABLE, message=str(exc))
+        raise kopf.TemporaryError(f"state store: {exc}", delay=10) from None
+    try:
+        children = build_children(
+            job,
+            namespace,
+            uid,
+            rt.settings,
+            reducer_token=reducer_token,
+            storage=storage,
+            client_tokens=client_tokens,
+        )
+    except BuildError as exc:
         kopf.warn(body, reason=EventReason.INVALID_SPEC, message=str(exc))
         patch.status["phase"] = Phase.FAILED.value
         patch.status["message"] = str(exc)
@@ -205,11 +314,6 @@ async def reconcile(
         await rt.kube.apply(obj)
     if legacy_client_token:
         await _drop_legacy_keys(rt, body, namespace, name, logger)
-    try:
-        await asyncio.to_thread(state.create_job, name, job.to_manifest())
-    except FedkubeError as exc:
-        kopf.warn(body, reason=EventReason.STATE_STORE_UNAVAILABLE, message=str(exc))
-        raise kopf.TemporaryError(f"state store: {exc}", delay=10) from None
     kinds = ", ".join(sorted({o["kind"] for o in children}))
     summary = f"applied {len(children)} children ({kinds})"
     logger.info(summary)
@@ -236,9 +340,9 @@ async def sync_status(
     rt = _runtime(memo)
     assert rt.kube is not None and namespace is not None
     try:
-        job = _parse(body)
+        job = _parse(rt, body)
         state = await _state_for(rt, job, namespace)
-        record = await asyncio.to_thread(state.get_job, name)
+        record = await asyncio.to_thread(state.get_job, job.key)
     except (SpecError, BuildError):
         return  # reconcile reported it
     except FedkubeError as exc:

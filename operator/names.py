@@ -13,6 +13,9 @@ Deployment + Service   ``<job>-reducer``   reducer
 StatefulSet            ``<job>-combiner``  combiner
 headless Service       ``<job>-combiner``  combiner
 client Service         ``<job>-clients``   combiner
+StatefulSet            ``<job>-client``    client      (spec.clients.template only)
+Secret                 ``<job>-client-tokens``  client (spec.clients.template only)
+Secret                 ``<job>-storage``   storage     (the operator's default storage only)
 =====================  ==================  ===========
 
 The StatefulSet's pods are ``<job>-combiner-0 .. <job>-combiner-<N-1>``; the
@@ -57,7 +60,16 @@ COMPONENT_REDUCER: Final = "reducer"
 COMPONENT_COMBINER: Final = "combiner"
 COMPONENT_CONFIG: Final = "config"
 COMPONENT_TOKENS: Final = "tokens"
-COMPONENTS: Final = (COMPONENT_REDUCER, COMPONENT_COMBINER, COMPONENT_CONFIG, COMPONENT_TOKENS)
+COMPONENT_CLIENT: Final = "client"
+COMPONENT_STORAGE: Final = "storage"
+COMPONENTS: Final = (
+    COMPONENT_REDUCER,
+    COMPONENT_COMBINER,
+    COMPONENT_CONFIG,
+    COMPONENT_TOKENS,
+    COMPONENT_CLIENT,
+    COMPONENT_STORAGE,
+)
 
 # Keys of the Secrets (see the module docstring).
 REDUCER_TOKEN_KEY: Final = "reducer-token"
@@ -75,6 +87,8 @@ REVISION_HASH_MAX: Final = 10
 STATEFULSET_NAME_MAX: Final = LABEL_VALUE_MAX - 1 - REVISION_HASH_MAX  # 52
 # spec.combiners.replicas has le=256, so the highest pod ordinal is 255.
 MAX_COMBINER_ORDINAL: Final = 255
+# spec.clients.template.replicas has le=fedkube.spec.MAX_TEMPLATE_CLIENTS (1000)
+MAX_CLIENT_ORDINAL: Final = 999
 
 
 def config_map(job: str) -> str:
@@ -86,6 +100,26 @@ def tokens_secret(job: str) -> str:
     """The Secret with the key ``reducer-token`` (``REDUCER_TOKEN_KEY``), the token the
     reducer and the combiners share. Clients' tokens are not in it (``fedkube clients``)."""
     return f"{job}-tokens"
+
+
+def client_statefulset(job: str) -> str:
+    """The in-cluster clients (spec.clients.template): pods ``<job>-client-<i>``."""
+    return f"{job}-client"
+
+
+def client_pod(job: str, index: int) -> str:
+    """Pod ``index`` of the client StatefulSet; its name is that client's id."""
+    return f"{client_statefulset(job)}-{index}"
+
+
+def client_tokens_secret(job: str) -> str:
+    """Secret with one key per in-cluster client: its id, holding its own token."""
+    return f"{job}-client-tokens"
+
+
+def storage_secret(job: str) -> str:
+    """The operator's copy of its default S3 and MongoDB credentials, in the job's namespace."""
+    return f"{job}-storage"
 
 
 def reducer(job: str) -> str:
@@ -181,6 +215,10 @@ def child_names(job: str) -> dict[str, str]:
         "headless-service": combiner_headless_service(job),
         "clients-service": clients_service(job),
         "last-combiner-pod": combiner_pod(job, MAX_COMBINER_ORDINAL),
+        "client-statefulset": client_statefulset(job),
+        "last-client-pod": client_pod(job, MAX_CLIENT_ORDINAL),
+        "client-tokens-secret": client_tokens_secret(job),
+        "storage-secret": storage_secret(job),
     }
 
 

@@ -125,6 +125,11 @@ class JobStatus(_StatusModel):
             "x-kubernetes-list-map-keys": ["type"],
         },
     )
+    job_key: str | None = Field(
+        default=None,
+        description="What the state store, the object keys and client credentials know the "
+        "job by: <namespace>/<name>-<uid prefix> (e.g. for `fedkube clients issue`).",
+    )
     current_round: int | None = Field(
         default=None, ge=0, description="The round in progress (or the last one, once finished)."
     )
@@ -436,6 +441,7 @@ def status_from(
     status: dict[str, Any] = {
         "phase": observed.phase,
         "message": observed.message,
+        "jobKey": job.key,
         "currentRound": observed.current_round,
         "completedRounds": observed.completed_rounds,
         "latestModel": _field(record, "latest_model"),

@@ -98,7 +98,7 @@ class Reducer:
         self.cfg = cfg
         self.job = cfg.job
         self.spec = cfg.job.spec
-        self.name = cfg.job.name
+        self.name = cfg.job.key
         self.telemetry = cfg.telemetry or ReducerTelemetry(self.name)
         self.telemetry.planned_rounds.set(self.spec.rounds)
         # Every store call is timed and its errors counted (fedkube_*_store_*).
@@ -107,6 +107,7 @@ class Reducer:
         self.log = get_logger("reducer", job=self.name)
         self.events = EventLog(self.state, self.name, self.log)
         self._stop = threading.Event()
+        self._ran = False
         self.pool = CombinerPool(
             cfg.combiners,
             token=cfg.reducer_token,
@@ -167,6 +168,26 @@ class Reducer:
         spec: dict[str, Any] = (rec.manifest if rec else {}).get("spec", {})
         return spec
 
+    def planned_rounds(self) -> int:
+        """spec.rounds as the job record has it now: the operator copies a `kubectl
+        patch` of spec.rounds there, so the loop follows it without a restart."""
+        try:
+            value = int(self._job_spec().get("rounds", self.spec.rounds))
+        except (TypeError, ValueError):
+            value = self.spec.rounds
+        value = max(1, value)
+        self.telemetry.planned_rounds.set(value)
+        return value
+
+    def more_rounds(self) -> bool:
+        """True if the job finished with fewer rounds than spec.rounds now asks for."""
+        rec = self.state.get_job(self.name)
+        return (
+            rec is not None
+            and rec.phase == Phase.SUCCEEDED
+            and rec.completed_rounds < self.planned_rounds()
+        )
+
     def _replicas(self) -> int:
         spec = self._job_spec()
         return int(spec.get("combiners", {}).get("replicas", self.spec.combiners.replicas))
@@ -175,12 +196,15 @@ class Reducer:
 
     def run(self) -> str:
         """Run the job to the end; return the final phase (Succeeded or Failed)."""
-        rec = self.state.create_job(self.name, self.job.to_manifest())
+        rec = self.state.get_job(self.name) if self._ran else None
+        if rec is None:
+            # The first run stores the job file's manifest; a run again (a lingering
+            # reducer after spec.rounds was raised) keeps the record's newer spec.
+            rec = self.state.create_job(self.name, self.job.to_manifest())
+        self._ran = True
         self._start_liveness()
-        if (
-            rec.phase in (Phase.SUCCEEDED, Phase.FAILED)
-            and rec.completed_rounds >= self.spec.rounds
-        ):
+        planned = self.planned_rounds()
+        if rec.phase in (Phase.SUCCEEDED, Phase.FAILED) and rec.completed_rounds >= planned:
             self.log.info("job already finished", phase=rec.phase)
             self.telemetry.completed_rounds.set(rec.completed_rounds)
             return rec.phase
@@ -193,29 +217,41 @@ class Reducer:
         if rec.started_at is None:
             self.state.update_job(self.name, started_at=time.time())
         self.state.update_job(self.name, phase=Phase.RUNNING, message="")
-        self.events(
-            EventKind.JOB_RUNNING, f"job running from round {last + 1} of {self.spec.rounds}"
-        )
+        self.events(EventKind.JOB_RUNNING, f"job running from round {last + 1} of {planned}")
         try:
             if not self._rounds(last):
                 return Phase.RUNNING  # stopped
         except RoundFailed as exc:
             self._finish(Phase.FAILED, str(exc))
             return Phase.FAILED
-        self._finish(Phase.SUCCEEDED, f"completed {self.spec.rounds} rounds")
+        done = self._completed()
+        planned = self.planned_rounds()
+        message = f"completed {done} rounds"
+        if done > planned:
+            message += f" (spec.rounds was lowered to {planned} while it ran)"
+        self._finish(Phase.SUCCEEDED, message)
         return Phase.SUCCEEDED
 
+    def _completed(self) -> int:
+        rec = self.state.get_job(self.name)
+        return rec.completed_rounds if rec is not None else 0
+
     def _rounds(self, last: int) -> bool:
-        """Rounds last+1 .. spec.rounds; False if stopped before the end."""
+        """Rounds last+1 .. spec.rounds (read again before each round, so a patch of
+        spec.rounds takes effect at the next round); False if stopped before the end."""
         self._seed().ensure()
         if last > 0:
             self.validator.maybe_validate(last, resume=True)
-        for r in range(last + 1, self.spec.rounds + 1):
+        r = last + 1
+        while r <= self.planned_rounds():
             if self._stop.is_set():
                 return False
             self._wait_unsuspended()
+            if r > self.planned_rounds():  # lowered while suspended
+                break
             self._train_round(r)
             self.validator.maybe_validate(r)
+            r += 1
         return True
 
     def _seed(self) -> SeedMaker:
@@ -237,7 +273,7 @@ class Reducer:
             self.events(EventKind.JOB_FAILED, message, "error")
         else:
             self.events(EventKind.JOB_SUCCEEDED, message)
-            self.log.info("job succeeded", rounds=self.spec.rounds)
+            self.log.info("job succeeded", rounds=self._completed())
 
     def fail(self, message: str) -> bool:
         """Record the job Failed with `message` (what ended the reducer); best effort:

@@ -118,14 +118,14 @@ def _record_startup_failure(
 ) -> None:
     """The job Failed with `message` (not a job that already succeeded); best effort."""
     try:
-        rec = state.get_job(job.name)
+        rec = state.get_job(job.key)
         if rec is not None and rec.phase == Phase.SUCCEEDED:
             return
         if rec is None:
-            state.create_job(job.name, job.to_manifest())
-        state.update_job(job.name, phase=Phase.FAILED, message=message, completed_at=time.time())
+            state.create_job(job.key, job.to_manifest())
+        state.update_job(job.key, phase=Phase.FAILED, message=message, completed_at=time.time())
         state.add_event(
-            EventRecord(job=job.name, kind=EventKind.JOB_FAILED, message=message, level="error")
+            EventRecord(job=job.key, kind=EventKind.JOB_FAILED, message=message, level="error")
         )
     except FedkubeError as exc:
         log.error("cannot record the job as failed", error=one_line(exc), reason=message)
@@ -148,10 +148,10 @@ def open_stores(
         try:
             left = deadline - time.monotonic()
             if state is None:
-                state = _open_state(state_uri, job.name, left)
+                state = _open_state(state_uri, job.key, left)
                 error = ""  # what follows is about the object store
             which = "object store"
-            return _open_store(store_uri, job.name, deadline - time.monotonic()), state
+            return _open_store(store_uri, job.key, deadline - time.monotonic()), state
         except Exception as exc:  # whatever the store raised: retried, then reported
             # A store cut short by the deadline keeps the error it gave before.
             if not (isinstance(exc, NoAnswer) and error):
@@ -202,14 +202,26 @@ def _health(
     health = HealthServer(
         os.environ.get("FEDKUBE_BIND_HOST", "0.0.0.0"),
         port,
-        healthy=lambda: _state_answers(cfg.state, cfg.job.name),
-        status=lambda: job_status(cfg.state, cfg.job.name),
+        healthy=lambda: _state_answers(cfg.state, cfg.job.key),
+        status=lambda: job_status(cfg.state, cfg.job.key),
         registry=reducer.telemetry.registry,
     ).start()
     if port_file is not None:
         write_port_file(port_file, health.port)
     reducer.log.info("health endpoint listening", port=health.port, metrics="/metrics")
     return health
+
+
+#: how often a lingering reducer looks for a raised spec.rounds
+LINGER_POLL_SECONDS = 2.0
+
+
+def _more_rounds(reducer: Reducer) -> bool:
+    try:
+        return reducer.more_rounds()
+    except FedkubeError as exc:
+        reducer.log.warning("state store unavailable while lingering", error=str(exc))
+        return False
 
 
 def run_reducer(
@@ -240,7 +252,14 @@ def run_reducer(
             reducer.interrupted()
         elif linger:
             reducer.log.info("job finished; lingering until terminated", phase=phase)
-            stopped.wait()
+            # A patch that raises spec.rounds continues a Succeeded job from here.
+            while not stopped.wait(LINGER_POLL_SECONDS):
+                if _more_rounds(reducer):
+                    reducer.log.info("spec.rounds was raised: continuing the job")
+                    phase = _guarded(reducer)
+                    if phase == Phase.RUNNING:
+                        reducer.interrupted()
+                        break
         return phase
     except (SystemExit, KeyboardInterrupt):
         reducer.interrupted()

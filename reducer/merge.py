@@ -78,7 +78,7 @@ def merge_round(
     (`base_sha256`, its lineage)."""
     work = Path(tempfile.mkdtemp(prefix=f"merge-{round}-", dir=workdir))
     try:
-        gpath = store.fetch(model_key(job.name, round - 1), work / "global.safetensors")
+        gpath = store.fetch(model_key(job.key, round - 1), work / "global.safetensors")
         if base_sha256 and (actual := sha256_file(gpath)) != base_sha256:
             raise AttemptFailed(
                 Cause.MODEL_CHANGED,
@@ -91,7 +91,7 @@ def merge_round(
         t0 = time.monotonic()
         out = work / "model.safetensors"
         sha = save_model(out, new_model, {"round": str(round), "attempt": str(attempt)})
-        key = model_key(job.name, round)
+        key = model_key(job.key, round)
         store.put_file(key, out)
         return StoredModel(key, sha, out.stat().st_size, time.monotonic() - t0)
     finally:
@@ -151,11 +151,11 @@ def _server_step(
     opt = make_server_optimizer(cfg)
     current = load_model(gpath)
     state: Tensors = {}
-    okey = optimizer_key(job.name, round - 1)
+    okey = optimizer_key(job.key, round - 1)
     if store.exists(okey):
         state = load_model(store.fetch(okey, work / "opt.safetensors"))
     new_model, new_state = opt.step(current, aggregated, state)
     spath = work / "opt-new.safetensors"
     save_model(spath, new_state, {"round": str(round)})
-    store.put_file(optimizer_key(job.name, round), spath)
+    store.put_file(optimizer_key(job.key, round), spath)
     return new_model

@@ -44,7 +44,7 @@ def round_plan(
     update may count for (see `weight_cap`)."""
     spec = job.spec
     return pb.RoundPlan(
-        job=job.name,
+        job=job.key,
         round=round,
         attempt=attempt,
         kind=kind,

@@ -59,7 +59,7 @@ class SeedMaker:
         self.job_dir, self.workdir = job_dir, workdir
 
     def ensure(self) -> None:
-        name = self.job.name
+        name = self.job.key
         if self.state.get_model(name, 0) is not None:
             return
         key = model_key(name, 0)
@@ -148,7 +148,7 @@ class SeedMaker:
         """No client is connected: say whether any ever was (and left)."""
         why = "no client connected to create the seed model"
         try:
-            gone = [c.client for c in self.state.list_clients(self.job.name)]
+            gone = [c.client for c in self.state.list_clients(self.job.key)]
         except FedkubeError:
             return why
         if not gone:
@@ -158,7 +158,7 @@ class SeedMaker:
 
     def _last_event_seq(self) -> int:
         try:
-            events = self.state.list_events(self.job.name)
+            events = self.state.list_events(self.job.key)
         except FedkubeError:
             return 0
         return events[-1].seq if events else 0
@@ -170,7 +170,7 @@ class SeedMaker:
             try:
                 found = [
                     e.message
-                    for e in self.state.list_events(self.job.name, since_seq=since_seq)
+                    for e in self.state.list_events(self.job.key, since_seq=since_seq)
                     if e.round == 0 and e.client and e.kind in CLIENT_FAILURES
                 ]
             except FedkubeError:

@@ -58,7 +58,7 @@ class Validator:
             self.telemetry.validated(outcome)
 
     def _validated(self, r: int) -> bool:
-        done = [x for x in self.state.committed_rounds(self.job.name) if x.round == r]
+        done = [x for x in self.state.committed_rounds(self.job.key) if x.round == r]
         return bool(done and done[0].validation)
 
     def _validate(self, r: int) -> ValidationOutcome:
@@ -75,7 +75,7 @@ class Validator:
             round=r,
             attempt=1,
             kind=pb.TASK_KIND_VALIDATE,
-            model_key=model_key(self.job.name, r),
+            model_key=model_key(self.job.key, r),
             timeout_seconds=v.timeout_seconds,
         )
         partials = useful_partials(self.pool.run(plan, quotas))
@@ -93,7 +93,7 @@ class Validator:
         return ValidationOutcome.COMPLETED
 
     def _record(self, r: int, partials: list[pb.Partial], reports: int) -> None:
-        name = self.job.name
+        name = self.job.key
         examples = sum(int(p.num_examples) for p in partials)
         metrics = weighted_metrics([(dict(p.metrics), float(p.num_examples)) for p in partials])
         self.state.set_validation(name, r, metrics, examples)

@@ -199,12 +199,12 @@ def _cluster(job: JobRecord) -> None:
         st.caption(f"Not reading the cluster: {k.where}.")
         return
     try:
-        mine = [j for j in kube.list_jobs(k) if j.name == job.name]
+        mine = [j for j in kube.list_jobs(k) if j.key == job.name]
     except Exception as exc:
         st.warning(f"Cannot read the FederatedJob object: {exc}")
         return
     if not mine:
-        st.caption(f"No FederatedJob object named {job.name} in the cluster.")
+        st.caption(f"No FederatedJob object with job key {job.name} in the cluster.")
         return
     obj = mine[0]
     st.markdown(

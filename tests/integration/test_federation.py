@@ -20,7 +20,7 @@ from fedkube.model import load_model
 from fedkube.store import model_key, open_object_store
 from fedkube.vocabulary import AssignmentStatus, AttemptStatus, Phase
 from tests.support import toy_task
-from tests.support.federation import Federation, toy_manifest, write_job
+from tests.support.federation import Federation, committed, toy_manifest, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +35,6 @@ def expected_w(rounds: int, clients: list[int]) -> np.ndarray:
 def final_model(fed: Federation, r: int) -> dict[str, np.ndarray]:
     store = open_object_store(fed.fed.store_uri)
     return load_model(store.local_path(model_key(fed.name, r)))
-
-
-def committed(fed: Federation) -> list:
-    return [r for r in fed.state.get_rounds(fed.name) if r.status == AttemptStatus.COMPLETED]
 
 
 def test_fedkube_run_cli_end_to_end(tmp_path):

@@ -83,11 +83,14 @@ def test_the_jobs_and_detail_pages_show_the_cluster_objects(
     k8s: K8s, crd: None, namespace: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     make_job(k8s, namespace, "dash-page")
+    monkeypatch.setenv("KUBECONFIG", str(k8s.kubeconfig))
+    # the state store knows a job on Kubernetes by its job key (namespace, name, uid)
+    (obj,) = kube.list_jobs(kube.connect("auto", namespace))
+    assert obj.key.startswith(f"{namespace}/dash-page-")
     uri = f"sqlite:///{tmp_path / 'state.db'}"
     st = open_state_store(uri)
-    st.create_job("dash-page", yaml.safe_load(EXAMPLE_JOB.read_text()))
+    st.create_job(obj.key, yaml.safe_load(EXAMPLE_JOB.read_text()))
     st.close()
-    monkeypatch.setenv("KUBECONFIG", str(k8s.kubeconfig))
     for k, v in DashboardConfig(state=uri, namespace=namespace).to_env().items():
         monkeypatch.setenv(k, v)
     source.config.cache_clear()
@@ -98,7 +101,7 @@ def test_the_jobs_and_detail_pages_show_the_cluster_objects(
     assert tables, "no FederatedJob table on the Jobs page"
     row = tables[0].iloc[0]
     assert (row["name"], row["phase"], row["combiners ready"]) == ("dash-page", "Running", "1/2")
-    at.query_params["job"] = "dash-page"
+    at.query_params["job"] = obj.key
     at.switch_page("pages/job_detail.py").run()
     assert not at.exception, [e.value for e in at.exception]
     shown = [d.value for d in at.dataframe]

@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
+from fedkube.spec import job_key as spec_job_key
 from fedkube.state import open_state_store
+from fedkube.store import model_key
 from fedkube.vocabulary import EventKind
 from tests.support.k8s import EXAMPLE_JOB, REPO, K8s, example_job, wait_for
 
@@ -179,6 +181,20 @@ def get(k8s: K8s, ns: str, kind: str, name: str) -> dict[str, Any] | None:
     return json.loads(proc.stdout) if proc.returncode == 0 else None
 
 
+def job_key(k8s: K8s, ns: str, name: str = "mnist") -> str:
+    """The job key the state store knows the FederatedJob by (its status.jobKey),
+    checked against namespace, name and uid."""
+    fj = get(k8s, ns, "fedjob", name) or {}
+    assert fj, f"no FederatedJob {ns}/{name}"
+    expected = spec_job_key(name, ns, fj["metadata"]["uid"])
+    wait_for(
+        lambda: (get(k8s, ns, "fedjob", name) or {}).get("status", {}).get("jobKey") == expected,
+        30,
+        "status.jobKey",
+    )
+    return expected
+
+
 CHILDREN = [
     ("configmap", "mnist-job"),
     ("secret", "mnist-tokens"),
@@ -246,7 +262,9 @@ def test_operator_children_scale_suspend_restart_and_delete(
     cm = yaml.safe_load(children[("configmap", "mnist-job")]["data"]["job.yaml"])
     assert cm["spec"]["rounds"] == 10
     state = open_state_store(mongo_uri)
-    wait_for(lambda: state.get_job("mnist") is not None, 30, "the job record")
+    key = job_key(k8s, ns)
+    assert key.startswith(f"{ns}/mnist-")
+    wait_for(lambda: state.get_job(key) is not None, 30, "the job record")
     # the status is synced (no pods: Pending, 0 ready combiners)
     wait_for(
         lambda: (get(k8s, ns, "fedjob", "mnist") or {}).get("status", {}).get("phase"),
@@ -265,7 +283,7 @@ def test_operator_children_scale_suspend_restart_and_delete(
         "3 combiners",
     )
     wait_for(
-        lambda: state.get_job("mnist").manifest["spec"]["combiners"]["replicas"] == 3,
+        lambda: state.get_job(key).manifest["spec"]["combiners"]["replicas"] == 3,
         30,
         "the job record to follow the scale",
     )
@@ -284,7 +302,7 @@ def test_operator_children_scale_suspend_restart_and_delete(
         30,
         "phase Suspended",
     )
-    assert state.get_job("mnist").manifest["spec"]["suspend"] is True
+    assert state.get_job(key).manifest["spec"]["suspend"] is True
     k8s.kubectl(
         "patch", "fedjob/mnist", "--type", "merge", "-p", '{"spec":{"suspend":false}}', namespace=ns
     )
@@ -464,10 +482,11 @@ def test_clients_prove_their_id_and_an_old_shared_client_token_is_removed(
     assert base64.b64decode(secret_data()["reducer-token"]).decode() == "old-reducer-token"
 
     wait_ready_combiners(k8s, ns, 2)
-    tokens = {c: issue_token(mongo_uri, "mnist", c) for c in ("site-0", "site-1")}
+    key = job_key(k8s, ns)
+    tokens = {c: issue_token(mongo_uri, key, c) for c in ("site-0", "site-1")}
     addr = f"mnist-combiner-0.mnist-combiner.{ns}.svc:7070"
     # no model code needed: the clients only connect (a task would fail, harmlessly)
-    no_code = ("--job", "mnist", "--train-cmd", "false")
+    no_code = ("--job", key, "--train-cmd", "false")
     honest_dir, impostor_dir = tmp_path / "honest", tmp_path / "impostor"
     honest = start_client(honest_dir, addr, "site-0", tokens["site-0"], *no_code)
     clients = [honest]
@@ -491,11 +510,11 @@ def test_clients_prove_their_id_and_an_old_shared_client_token_is_removed(
         state = open_state_store(mongo_uri)
         try:
             wait_for(
-                lambda: any(e.kind == EventKind.IMPERSONATION for e in state.list_events("mnist")),
+                lambda: any(e.kind == EventKind.IMPERSONATION for e in state.list_events(key)),
                 30,
                 "an Impersonation event",
             )
-            ev = next(e for e in state.list_events("mnist") if e.kind == EventKind.IMPERSONATION)
+            ev = next(e for e in state.list_events(key) if e.kind == EventKind.IMPERSONATION)
             assert "'site-0'" in ev.message and "'site-1'" in ev.message, ev.message
         finally:
             state.close()
@@ -518,9 +537,11 @@ def test_end_to_end_mnist_on_the_cluster(
     assert set(children[("secret", "mnist-tokens")]["data"]) == {"reducer-token"}
     wait_ready_combiners(k8s, ns, 2)
     # one credential per client, in the job's state store where the combiners look
-    tokens = {f"site-{i}": issue_token(mongo_uri, "mnist", f"site-{i}") for i in range(4)}
+    key = job_key(k8s, ns)
+    tokens = {f"site-{i}": issue_token(mongo_uri, key, f"site-{i}") for i in range(4)}
+    # the clients read the job file the pods read: its metadata carries the job key
     job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(m))
+    job_file.write_text(children[("configmap", "mnist-job")]["data"]["job.yaml"])
     clients = []
     for i in range(4):
         addr = f"mnist-combiner-{i % 2}.mnist-combiner.{ns}.svc:7070"
@@ -556,7 +577,7 @@ def test_end_to_end_mnist_on_the_cluster(
         st = fj["status"]
         assert st["phase"] == "Succeeded", st
         assert st["completedRounds"] == 3 and st["currentRound"] == 3
-        assert st["latestModel"] == "jobs/mnist/models/000003.safetensors"
+        assert st["latestModel"] == model_key(key, 3)
         assert st["metrics"]["accuracy"] > 0.5
         assert st["headlineMetric"].startswith("accuracy=")
         assert st["completionTime"] and st["startTime"]
@@ -564,7 +585,7 @@ def test_end_to_end_mnist_on_the_cluster(
         assert conds["Complete"]["status"] == "True"
         # the status comes from the state store the reducer wrote
         state = open_state_store(mongo_uri)
-        rec = state.get_job("mnist")
+        rec = state.get_job(key)
         assert rec.completed_rounds == 3 and rec.metrics["accuracy"] == pytest.approx(
             st["metrics"]["accuracy"]
         )

@@ -14,7 +14,8 @@ import yaml
 from rich.console import Console
 
 from fedkube.localrun import LocalFederation, LocalRunOptions, Proc
-from fedkube.state import StateStore, open_state_store
+from fedkube.state import RoundRecord, StateStore, open_state_store
+from fedkube.vocabulary import AttemptStatus
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,6 +67,11 @@ def write_job(directory: Path, manifest: dict[str, Any]) -> Path:
     path = directory / "job.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path
+
+
+def committed(fed: Federation) -> list[RoundRecord]:
+    """The committed attempts of the federation's job, in round order."""
+    return [r for r in fed.state.get_rounds(fed.name) if r.status == AttemptStatus.COMPLETED]
 
 
 class Federation:

@@ -345,7 +345,9 @@ def test_config_map_holds_the_job_and_the_pods_can_load_it(tmp_path: Path) -> No
     assert cm["apiVersion"] == "v1" and cm["kind"] == "ConfigMap"
     assert set(cm["data"]) == {"job.yaml"}
     doc = yaml.safe_load(cm["data"]["job.yaml"])
-    assert doc["metadata"] == {"name": "mnist", "namespace": NS}
+    # uid stays: with namespace and name it makes the job key the pods use
+    assert doc["metadata"] == {"name": "mnist", "namespace": NS, "uid": UID}
+    assert load_job_file_text(cm["data"]["job.yaml"], tmp_path).key == f"{NS}/mnist-0f6c3d2e"
     assert doc == b.job_manifest(job, NS)
     assert doc["spec"] == job.to_manifest()["spec"]
     assert doc["spec"]["serverOptimizer"]["learningRate"] == "0.05"
@@ -353,6 +355,12 @@ def test_config_map_holds_the_job_and_the_pods_can_load_it(tmp_path: Path) -> No
     path.write_text(cm["data"]["job.yaml"])
     assert load_job_file(path).spec == job.spec
     assert cm["metadata"]["annotations"] == {b.CONFIG_HASH_ANNOTATION: b.config_hash(job, NS)}
+
+
+def load_job_file_text(text: str, tmp_path: Path) -> FederatedJob:
+    path = tmp_path / "key.yaml"
+    path.write_text(text)
+    return load_job_file(path)
 
 
 def test_tokens_secret_holds_only_the_reducer_token_in_data() -> None:
@@ -717,14 +725,24 @@ def test_config_hash_is_stable_for_the_same_spec() -> None:
             "managedFields": [{"manager": "kubectl"}],
         }
     )
-    assert b.config_hash(noisy, NS) == b.config_hash(make_job(), NS)
-    assert by_kind(children(noisy), "ConfigMap")["data"] == by_kind(children(), "ConfigMap")["data"]
+    same = make_job(metadata={"uid": UID})
+    assert b.config_hash(noisy, NS) == b.config_hash(same, NS)
+    assert (
+        by_kind(children(noisy), "ConfigMap")["data"]
+        == by_kind(children(same), "ConfigMap")["data"]
+    )
+
+
+def test_config_hash_depends_on_the_uid() -> None:
+    """A job created again under its old name is another job (another job key)."""
+    a, c = make_job(metadata={"uid": UID}), make_job(metadata={"uid": "ffff" + UID[4:]})
+    assert a.key != c.key
+    assert b.config_hash(a, NS) != b.config_hash(c, NS)
 
 
 @pytest.mark.parametrize(
     "change",
     [
-        {"rounds": 6},
         {"seed": 1},
         {"train": {"config": {"epochs": 2}}},
         {"clients": {"perRound": 4}},
@@ -749,6 +767,8 @@ def test_config_hash_changes_when_the_spec_changes(change: dict[str, Any]) -> No
         {"clients": {"service": {"type": "LoadBalancer"}}},
         {"combiners": {"resources": {"limits": {"cpu": "1"}}}},
         {"image": "reg/other:2"},
+        {"rounds": 9},  # the reducer reads spec.rounds from the job record before each round
+        {"clients": {"template": {"replicas": 5}}},  # only the client pods roll
     ],
 )
 def test_config_hash_ignores_fields_the_pods_follow_live_or_never_read(
