@@ -850,6 +850,14 @@ def operator(
     default_mongodb_database: Annotated[
         str, typer.Option("--default-mongodb-database", help="Database of that MongoDB.")
     ] = "fedkube",
+    combiner_tls_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--combiner-tls-secret",
+            help="spec.combiners.tls.secretName of jobs naming none: a Secret in the job's "
+            "namespace with tls.crt, tls.key and ca.crt (e.g. from cert-manager).",
+        ),
+    ] = None,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run the Kubernetes operator: reconcile FederatedJobs into a reducer Deployment, a
@@ -876,6 +884,7 @@ def operator(
         image_pull_policy=image_pull_policy,
         default_client_image=default_client_image,
         namespace=operator_namespace,
+        combiner_tls_secret=combiner_tls_secret,
         storage=StorageDefaults(
             s3_endpoint=default_s3_endpoint,
             s3_bucket=default_s3_bucket,

@@ -51,6 +51,7 @@ from fedkube.spec import (
     API_VERSION,
     KIND,
     ClientTemplateSpec,
+    CombinerTlsSpec,
     FederatedJob,
     MongoStateSpec,
     S3StorageSpec,
@@ -144,12 +145,15 @@ class OperatorSettings:
     default_client_image: str = "ghcr.io/fedkube/fedkube-client:0.1.0"
     storage: StorageDefaults = StorageDefaults()
     namespace: str | None = None  # the operator's own (where the default Secrets are)
+    #: spec.combiners.tls.secretName of jobs naming none (a Secret in the job's namespace)
+    combiner_tls_secret: str | None = None
 
 
 def with_defaults(job: FederatedJob, settings: OperatorSettings) -> FederatedJob:
     """The job with the operator's default S3 and MongoDB filled in where it names
     neither (``spec.storage`` / ``spec.stateStore`` empty), pointing at Secret
-    ``<job>-storage``; a job that names its own storage is returned unchanged."""
+    ``<job>-storage``, and the default combiner TLS Secret where it names none; a job
+    that names its own is returned unchanged."""
     d = settings.storage
     spec = job.spec
     patch: dict[str, Any] = {}
@@ -172,6 +176,10 @@ def with_defaults(job: FederatedJob, settings: OperatorSettings) -> FederatedJob
                     uri_secret=names.storage_secret(job.name), database=d.mongodb_database
                 )
             }
+        )
+    if settings.combiner_tls_secret and spec.combiners.tls is None:
+        patch["combiners"] = spec.combiners.model_copy(
+            update={"tls": CombinerTlsSpec(secret_name=settings.combiner_tls_secret)}
         )
     if not patch:
         return job

@@ -254,3 +254,11 @@ def test_without_tls_no_tls_flags_or_volumes() -> None:
             c = pod["containers"][0]
             assert "tls" not in [v["name"] for v in pod["volumes"]]
             assert not {"--tls-ca", "--tls-cert"} & set(c.get("command", []) + c.get("args", []))
+
+
+def test_operator_default_tls_secret_applies_to_jobs_naming_none() -> None:
+    settings = b.OperatorSettings(combiner_tls_secret="fedkube-combiner-tls")
+    tls = b.with_defaults(make_job(), settings).spec.combiners.tls
+    assert tls is not None and tls.secret_name == "fedkube-combiner-tls"
+    own = b.with_defaults(make_job({"combiners": {"tls": {"secretName": "mine"}}}), settings)
+    assert own.spec.combiners.tls is not None and own.spec.combiners.tls.secret_name == "mine"
