@@ -322,6 +322,11 @@ def _secret_env(env: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def _field_env(env: str, path: str) -> dict[str, Any]:
+    """An environment variable from the pod's own fields (the downward API)."""
+    return {"name": env, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+
+
 def _store_env(job: FederatedJob) -> list[dict[str, Any]]:
     """S3 credentials and the MongoDB URI, from the Secrets the spec names."""
     check_runnable(job)
@@ -477,14 +482,32 @@ def build_tokens_secret(
     """
     if not reducer_token:
         raise BuildError(f"FederatedJob {job.name!r}: empty reducer token")
+    return _secret(
+        names.tokens_secret(job.name),
+        job,
+        namespace,
+        uid,
+        names.COMPONENT_TOKENS,
+        {names.REDUCER_TOKEN_KEY: reducer_token},
+    )
+
+
+def _secret(
+    name: str,
+    job: FederatedJob,
+    namespace: str,
+    uid: str,
+    component: str,
+    values: Mapping[str, str],
+) -> dict[str, Any]:
+    """An Opaque Secret child holding `values` (plain text) base64-encoded in ``data``
+    (see build_tokens_secret for why not ``stringData``), keys sorted."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(
-            names.tokens_secret(job.name), job, namespace, uid, names.COMPONENT_TOKENS
-        ),
+        "metadata": _metadata(name, job, namespace, uid, component),
         "type": "Opaque",
-        "data": {names.REDUCER_TOKEN_KEY: base64.b64encode(reducer_token.encode()).decode()},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in sorted(values.items())},
     }
 
 
@@ -679,10 +702,7 @@ def build_combiner_statefulset(
     port = job.spec.combiners.port
     tokens = names.tokens_secret(job.name)
     env = [
-        {
-            "name": "POD_NAME",
-            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
-        },
+        _field_env("POD_NAME", "metadata.name"),
         _secret_env(REDUCER_TOKEN_ENV, tokens, names.REDUCER_TOKEN_KEY),
         *_store_env(job),
     ]
@@ -742,15 +762,9 @@ def build_storage_secret(
 ) -> dict[str, Any]:
     """Secret ``<job>-storage``: the operator's default S3 credentials and MongoDB URI,
     copied from its own namespace (``data``: key -> plain value)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _metadata(
-            names.storage_secret(job.name), job, namespace, uid, names.COMPONENT_STORAGE
-        ),
-        "type": "Opaque",
-        "data": {k: base64.b64encode(v.encode()).decode() for k, v in sorted(data.items())},
-    }
+    return _secret(
+        names.storage_secret(job.name), job, namespace, uid, names.COMPONENT_STORAGE, data
+    )
 
 
 def client_ids(job: FederatedJob) -> list[str]:
@@ -768,15 +782,14 @@ def build_client_tokens_secret(
     missing = [c for c in client_ids(job) if not tokens.get(c)]
     if missing:
         raise BuildError(f"FederatedJob {job.name!r}: no token for client(s) {missing[:3]}")
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _metadata(
-            names.client_tokens_secret(job.name), job, namespace, uid, names.COMPONENT_CLIENT
-        ),
-        "type": "Opaque",
-        "data": {c: base64.b64encode(tokens[c].encode()).decode() for c in client_ids(job)},
-    }
+    return _secret(
+        names.client_tokens_secret(job.name),
+        job,
+        namespace,
+        uid,
+        names.COMPONENT_CLIENT,
+        {c: tokens[c] for c in client_ids(job)},
+    )
 
 
 def client_args(job: FederatedJob) -> list[str]:
@@ -813,19 +826,8 @@ def _client_container(
     """The client pods' container: the template's image, the operator's connection
     arguments, the pod's name as client id and its own token file."""
     env = [
-        {
-            "name": "POD_NAME",
-            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
-        },
-        {
-            "name": "FEDKUBE_CLIENT_INDEX",
-            "valueFrom": {
-                "fieldRef": {
-                    "apiVersion": "v1",
-                    "fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']",
-                }
-            },
-        },
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("FEDKUBE_CLIENT_INDEX", f"metadata.labels['{POD_INDEX_LABEL}']"),
         *copy.deepcopy(tpl.env),
     ]
     container: dict[str, Any] = {

@@ -132,11 +132,15 @@ def _default_secret(rt: Runtime, job: FederatedJob, secret: str | None) -> tuple
     return ns, d.mongodb_secret
 
 
-async def _secret_value(rt: Runtime, where: tuple[str, str], key: str) -> str:
+async def _secret_value(rt: Runtime, where: tuple[str, str], key: str, field: str = "") -> str:
+    """Key `key` of Secret `where` (namespace, name); BuildError naming it (and the spec
+    `field` that named the Secret) when it is missing."""
     assert rt.kube is not None
     value = await rt.kube.secret_value(where[0], where[1], key)
     if not value:
-        raise BuildError(f"Secret {where[0]}/{where[1]} has no key {key!r}")
+        raise BuildError(
+            f"Secret {where[0]}/{where[1]} has no key {key!r}" + (f" ({field})" if field else "")
+        )
     return value
 
 
@@ -172,13 +176,9 @@ async def _state_for(rt: Runtime, job: FederatedJob, namespace: str) -> StateSto
         if mongo is None or not mongo.uri_secret:
             raise BuildError("spec.stateStore.mongodb.uriSecret is required on Kubernetes")
         where = _default_secret(rt, job, mongo.uri_secret) or (namespace, mongo.uri_secret)
-        assert rt.kube is not None
-        uri = await rt.kube.secret_value(where[0], where[1], names.MONGODB_URI_KEY)
-        if not uri:
-            raise BuildError(
-                f"Secret {where[0]}/{where[1]} has no key {names.MONGODB_URI_KEY!r} "
-                "(spec.stateStore.mongodb.uriSecret)"
-            )
+        uri = await _secret_value(
+            rt, where, names.MONGODB_URI_KEY, "spec.stateStore.mongodb.uriSecret"
+        )
         if "/" not in uri.split("://", 1)[-1].split("?")[0]:
             uri = uri.rstrip("/") + f"/{mongo.database}"
     if uri not in rt.stores:
