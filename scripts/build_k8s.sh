@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Build the Kubernetes test environment's binaries with this machine's Go,
 # from the Go module proxy, into a cache outside the repository:
-#   etcd, kube-apiserver, kube-controller-manager, kubectl, helm
+#   etcd, kube-apiserver, kube-controller-manager, kubectl, helm, and for the
+#   real single-node cluster (scripts/cluster.py) kubelet, kube-scheduler,
+#   kube-proxy (built in the same module, reusing its Go build cache)
 # Idempotent: binaries already built for these versions are kept. The first
 # build takes several minutes on 2 cores; later runs take a second.
 #
 #   bash scripts/build_k8s.sh            # build what is missing, print the bin dir
+#   bash scripts/build_k8s.sh --node     # also kubelet, kube-scheduler, kube-proxy
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
@@ -15,6 +18,13 @@ CACHE="${FEDKUBE_CACHE:-$HOME/.cache/fedkube}"
 BIN="$CACHE/k8s/$K8S_VERSION/bin"
 BUILD="$CACHE/k8s/$K8S_VERSION/build"
 mkdir -p "$BIN" "$BUILD"
+NODE=0
+for arg in "$@"; do
+  case "$arg" in
+    --node) NODE=1 ;;
+    *) echo "build_k8s: unknown argument $arg (usage: build_k8s.sh [--node])" >&2; exit 2 ;;
+  esac
+done
 
 command -v go >/dev/null || { echo "build_k8s: Go is not installed (needed to build the Kubernetes test environment)" >&2; exit 1; }
 export GOFLAGS="${GOFLAGS:-} -trimpath"
@@ -28,8 +38,10 @@ mark() { echo "$2 r$RECIPE" > "$BIN/.$1.version"; }
 
 # kube-apiserver, kube-controller-manager, kubectl: a module that requires
 # k8s.io/kubernetes and replaces every staging module with its published twin.
+all_targets=(kube-apiserver kube-controller-manager kubectl)
+if [ "$NODE" = 1 ]; then all_targets+=(kube-scheduler kubelet kube-proxy); fi
 k8s_targets=()
-for t in kube-apiserver kube-controller-manager kubectl; do
+for t in "${all_targets[@]}"; do
   have "$t" "$K8S_VERSION" || k8s_targets+=("$t")
 done
 if [ "${#k8s_targets[@]}" -gt 0 ]; then
@@ -60,6 +72,9 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
   go mod tidy

@@ -45,7 +45,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,13 +166,14 @@ def _openssl(args: str, *, cwd: Path) -> None:
         )
 
 
-def make_pki(pki: Path) -> None:
-    """ca.pem/ca.key, server.pem/server.key (127.0.0.1, localhost, kubernetes.default.svc)
-    and sa.key/sa.pub (the service-account token signing key pair)."""
+def make_pki(pki: Path, extra_ips: Sequence[str] = ()) -> None:
+    """ca.pem/ca.key, server.pem/server.key (127.0.0.1, localhost, kubernetes.default.svc,
+    and `extra_ips`) and sa.key/sa.pub (the service-account token signing key pair)."""
     if shutil.which("openssl") is None:
         raise ServiceUnavailable("the `openssl` command is missing", "install openssl")
     pki.mkdir(parents=True, exist_ok=True)
-    (pki / "openssl.cnf").write_text(_OPENSSL_CONF)
+    extra = "".join(f"IP.{i} = {ip}\n" for i, ip in enumerate(extra_ips, start=3))
+    (pki / "openssl.cnf").write_text(_OPENSSL_CONF + extra)
     ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
     _openssl(
         f"req -x509 {ec} -keyout ca.key -out ca.pem -days 30 -config openssl.cnf"
