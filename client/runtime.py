@@ -139,9 +139,10 @@ class ClientRuntime:
             for key, value in call.initial_metadata() or ():
                 if key == MetadataKey.HEARTBEAT_SECONDS:
                     self.heartbeat_seconds = max(0.05, float(value))
-            hb = threading.Thread(target=self._heartbeat, args=(stub, call), daemon=True)
-            hb.start()
-            self.log.info("connected", combiner=cfg.address)
+            if not call.done():  # else refused or unreachable: iterating raises why
+                hb = threading.Thread(target=self._heartbeat, args=(stub, call), daemon=True)
+                hb.start()
+                self.log.info("connected", combiner=cfg.address)
             try:
                 for task in call:
                     self._handle(stub, task)

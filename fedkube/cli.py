@@ -709,7 +709,7 @@ def client(
 
     from fedkube.client.runner import Entrypoints, make_runner, split_command
     from fedkube.client.runtime import ClientConfig, ClientRuntime
-    from fedkube.rpc import CLIENT_TOKEN_ENV, client_tls, read_token
+    from fedkube.rpc import CLIENT_TOKEN_ENV, check_address, client_tls, read_token
 
     flags = Entrypoints(
         train_fn=train_fn,
@@ -730,7 +730,7 @@ def client(
         wd = workdir.resolve()
         runner = make_runner(flags, spec_job, cwd=cwd, workdir=wd)
         cfg = ClientConfig(
-            address=connect,
+            address=check_address(connect),
             client_id=client_id,
             job=spec_job.key if spec_job else job,
             token=read_token(CLIENT_TOKEN_ENV, token_file),

@@ -165,6 +165,16 @@ def client_tls(
     return ClientTLS(ca, cert, key, server_name)
 
 
+def check_address(address: str, flag: str = "--connect") -> str:
+    """`address` when it is HOST:PORT with a port in 1..65535 (ValueError naming the
+    flag otherwise): an empty port, say from a shell substitution that printed
+    nothing, would make the client retry an unreachable address forever."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{flag} {address!r}: expected HOST:PORT with a port from 1 to 65535")
+    return address.strip()
+
+
 def open_channel(address: str, tls: ClientTLS | None = None) -> grpc.Channel:
     options = list(CHANNEL_OPTIONS)
     if tls is None:

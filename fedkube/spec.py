@@ -406,7 +406,7 @@ class CombinerTlsSpec(_Model):
     secret_name: str = Field(
         description="Secret in the job's namespace with tls.crt, tls.key and ca.crt (e.g. "
         "made by cert-manager); the certificate must name <job>-clients, "
-        "*.<job>-combiner and the address outside clients dial.",
+        "*.<job>-combiner.<namespace>.svc and the address outside clients dial.",
         min_length=1,
         max_length=253,
     )

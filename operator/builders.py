@@ -541,7 +541,7 @@ def build_reducer_service(job: FederatedJob, namespace: str, uid: str) -> dict[s
 
 
 def build_combiner_headless_service(job: FederatedJob, namespace: str, uid: str) -> dict[str, Any]:
-    """Headless Service ``<job>-combiner``: DNS ``<job>-combiner-<i>.<job>-combiner``
+    """Headless Service ``<job>-combiner``: DNS ``<job>-combiner-<i>.<job>-combiner.<ns>.svc``
     for each pod, published before the pod is ready so the reducer can dial it; it
     also carries each pod's metrics port (annotated for Prometheus)."""
     port = job.spec.combiners.port
@@ -595,7 +595,7 @@ def build_clients_service(job: FederatedJob, namespace: str, uid: str) -> dict[s
 # ---------------------------------------------------------------- workloads
 
 
-def reducer_command(job: FederatedJob, settings: OperatorSettings) -> list[str]:
+def reducer_command(job: FederatedJob, namespace: str, settings: OperatorSettings) -> list[str]:
     """The reducer container's command (no args)."""
     return [
         "fedkube",
@@ -603,7 +603,7 @@ def reducer_command(job: FederatedJob, settings: OperatorSettings) -> list[str]:
         "--job",
         JOB_FILE,
         "--combiner-template",
-        names.combiner_template(job.name, job.spec.combiners.port),
+        names.combiner_template(job.name, job.spec.combiners.port, namespace),
         "--workdir",
         WORKDIR,
         "--health-port",
@@ -647,7 +647,7 @@ def build_reducer_deployment(
     container: dict[str, Any] = {
         "name": "reducer",
         **_image(job, settings),
-        "command": reducer_command(job, settings),
+        "command": reducer_command(job, namespace, settings),
         "env": env,
         "ports": [
             {"name": METRICS_PORT_NAME, "containerPort": REDUCER_HEALTH_PORT, "protocol": "TCP"}

@@ -51,6 +51,8 @@ class Runtime:
     settings: OperatorSettings = field(default_factory=OperatorSettings)
     kubeconfig: str | None = None
     state_override: str | None = None  # one state store for every job (tests, single tenant)
+    #: serving every namespace (--all-namespaces); else only --namespace ones
+    clusterwide: bool = True
     kube: Kube | None = None
     stores: dict[str, StateStore] = field(default_factory=dict)
 
@@ -111,6 +113,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.connect_timeout = 30
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
     settings.posting.level = logging.INFO
+    # Serving named namespaces, the operator has no right to list namespaces or CRDs
+    # (namespaced RBAC): kopf would retry those lists for about a minute before it
+    # serves anything, then warn. Scanning off: it serves the named namespaces at once.
+    settings.scanning.disabled = not rt.clusterwide
     rt.kube = await Kube.connect(rt.kubeconfig)
 
 

@@ -23,7 +23,14 @@ def run_operator(
     verbose: bool = False,
 ) -> None:
     """Block serving FederatedJobs until SIGTERM/SIGINT."""
-    configure(Runtime(settings=settings, kubeconfig=kubeconfig, state_override=state_override))
+    configure(
+        Runtime(
+            settings=settings,
+            kubeconfig=kubeconfig,
+            state_override=state_override,
+            clusterwide=all_namespaces,
+        )
+    )
     if kubeconfig:
         import os
 

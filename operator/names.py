@@ -19,7 +19,7 @@ Secret                 ``<job>-storage``   storage     (the operator's default s
 =====================  ==================  ===========
 
 The StatefulSet's pods are ``<job>-combiner-0 .. <job>-combiner-<N-1>``; the
-reducer reaches pod ``i`` at ``<job>-combiner-<i>.<job>-combiner:<port>``
+reducer reaches pod ``i`` at ``<job>-combiner-<i>.<job>-combiner.<ns>.svc:<port>``
 through the headless Service.
 
 Length budget: a job name has at most ``fedkube.spec.MAX_NAME_LENGTH`` (40) characters.
@@ -158,19 +158,27 @@ def clients_service(job: str) -> str:
     return f"{job}-clients"
 
 
-def combiner_address(job: str, index: int, port: int) -> str:
-    """host:port of combiner ``index`` inside the job's namespace (headless Service DNS)."""
-    return f"{combiner_pod(job, index)}.{combiner(job)}:{port}"
+def combiner_host_suffix(job: str, namespace: str) -> str:
+    """What follows a combiner pod's name in its DNS name: ``<job>-combiner.<ns>.svc``
+    (the headless Service). With the namespace, so a TLS certificate can name all
+    combiners as ``*.<job>-combiner.<ns>.svc``: gRPC refuses a wildcard over a single
+    label (``*.<job>-combiner``: "Invalid toplevel subdomain")."""
+    return f"{combiner(job)}.{namespace}.svc"
 
 
-def combiner_template(job: str, port: int) -> str:
+def combiner_address(job: str, index: int, port: int, namespace: str) -> str:
+    """host:port of combiner ``index`` (headless Service DNS, any cluster domain)."""
+    return f"{combiner_pod(job, index)}.{combiner_host_suffix(job, namespace)}:{port}"
+
+
+def combiner_template(job: str, port: int, namespace: str) -> str:
     """The reducer's ``--combiner-template``: ``NAME=HOST:PORT`` with ``{i}`` left in.
 
-    For job ``mnist`` and port 7070:
-    ``mnist-combiner-{i}=mnist-combiner-{i}.mnist-combiner:7070``.
+    For job ``mnist`` in namespace ``ml`` and port 7070:
+    ``mnist-combiner-{i}=mnist-combiner-{i}.mnist-combiner.ml.svc:7070``.
     """
     pod = f"{combiner(job)}-{{i}}"
-    return f"{pod}={pod}.{combiner(job)}:{port}"
+    return f"{pod}={pod}.{combiner_host_suffix(job, namespace)}:{port}"
 
 
 def labels(job: str, component: str) -> dict[str, str]:

@@ -26,15 +26,10 @@ for arg in "$@"; do
   esac
 done
 
-command -v go >/dev/null || { echo "build_k8s: Go is not installed (needed to build the Kubernetes test environment)" >&2; exit 1; }
-export GOFLAGS="${GOFLAGS:-} -trimpath"
-export CGO_ENABLED=0
-
-# A binary counts as built when its version stamp matches (bump RECIPE when the
-# way they are built changes, so caches from an older recipe are rebuilt).
 RECIPE=2
-have() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2 r$RECIPE" ]; }
-mark() { echo "$2 r$RECIPE" > "$BIN/.$1.version"; }
+# shellcheck source=scripts/go_build_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/go_build_lib.sh"
+need_go build_k8s
 
 # kube-apiserver, kube-controller-manager, kubectl: a module that requires
 # k8s.io/kubernetes and replaces every staging module with its published twin.
@@ -46,23 +41,18 @@ for t in "${all_targets[@]}"; do
 done
 if [ "${#k8s_targets[@]}" -gt 0 ]; then
   echo "==> building ${k8s_targets[*]} $K8S_VERSION (slow the first time)"
-  mod="$BUILD/kubernetes"
-  mkdir -p "$mod"
-  cd "$mod"
+  new_module kubernetes
   gomod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
   staging="$(awk '/^replace \(/{f=1;next} f&&/^\)/{f=0} f&&$1 ~ /^k8s.io\//{print $1}' "$gomod")"
   minor="v0.${K8S_VERSION#v1.}"
   {
-    echo "module fedkube.local/k8s-build"
-    echo
-    echo "go 1.24.0"
     echo
     echo "require k8s.io/kubernetes $K8S_VERSION"
     echo
     echo "replace ("
     for m in $staging; do echo "	$m => $m $minor"; done
     echo ")"
-  } > go.mod
+  } >> go.mod
   cat > tools.go <<'GO'
 //go:build tools
 
@@ -95,10 +85,7 @@ fi
 
 if ! have etcd "$ETCD_VERSION"; then
   echo "==> building etcd $ETCD_VERSION"
-  mod="$BUILD/etcd"
-  mkdir -p "$mod"
-  cd "$mod"
-  printf 'module fedkube.local/etcd-build\n\ngo 1.24.0\n' > go.mod
+  new_module etcd
   cat > tools.go <<'GO'
 //go:build tools
 

@@ -10,8 +10,9 @@
 #   pause                                      a tiny static program that waits for signals
 #                                              (the pod sandbox's process)
 #
-# and the Debian packages that are missing (apt-get): runc, containernetworking-plugins,
-# iptables, nftables, conntrack, socat, ebtables, kmod, podman, mmdebstrap.
+# and the Debian packages that are missing (scripts/system_deps.sh cluster: runc,
+# containernetworking-plugins, iptables, nftables, conntrack, socat, ebtables, kmod,
+# podman, mmdebstrap).
 #
 # Idempotent: binaries already built for these versions are kept (a second or so).
 #
@@ -34,30 +35,14 @@ done
 mkdir -p "$BIN" "$BUILD"
 
 # ---- Debian packages (runc 1.1: crun fails on this cgroup "hybrid" layout)
-PACKAGES=(runc containernetworking-plugins iptables nftables conntrack socat ebtables kmod podman mmdebstrap)
 if [ "$APT" = 1 ]; then
-  missing=()
-  for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    echo "==> apt-get install ${missing[*]}"
-    command -v apt-get >/dev/null || { echo "build_node: apt-get is missing; install ${missing[*]}" >&2; exit 1; }
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  bash "$(dirname "${BASH_SOURCE[0]}")/system_deps.sh" cluster
 fi
 
-command -v go >/dev/null || { echo "build_node: Go is not installed (needed to build the test cluster's node)" >&2; exit 1; }
-export GOFLAGS="${GOFLAGS:-} -trimpath"
-export CGO_ENABLED=0
-
-# A binary counts as built when its version stamp matches (bump RECIPE when the
-# way they are built changes).
 RECIPE=1
-have() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2 r$RECIPE" ]; }
-mark() { echo "$2 r$RECIPE" > "$BIN/.$1.version"; }
+# shellcheck source=scripts/go_build_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/go_build_lib.sh"
+need_go build_node
 
 # ---- containerd (Debian's 1.6 is too old for kubelet 1.34)
 for t in containerd containerd-shim-runc-v2 ctr; do
@@ -73,10 +58,7 @@ done
 # ---- CoreDNS: coremain with a short plugin list (the order is the plugin chain's)
 if ! have coredns "$COREDNS_VERSION"; then
   echo "==> building coredns $COREDNS_VERSION"
-  mod="$BUILD/coredns"
-  mkdir -p "$mod"
-  cd "$mod"
-  printf 'module fedkube.local/coredns-build\n\ngo 1.24.0\n' > go.mod
+  new_module coredns
   cat > main.go <<'GO'
 // CoreDNS for the fedkube test cluster: only the plugins its Corefile uses.
 package main
@@ -112,10 +94,7 @@ fi
 # ---- pause: PID 1 of a pod sandbox; reaps children, exits on SIGINT/SIGTERM
 if ! have pause "1"; then
   echo "==> building pause"
-  mod="$BUILD/pause"
-  mkdir -p "$mod"
-  cd "$mod"
-  printf 'module fedkube.local/pause\n\ngo 1.24.0\n' > go.mod
+  new_module pause
   cat > main.go <<'GO'
 // pause: the process of a pod sandbox. Waits for signals, reaps children.
 package main

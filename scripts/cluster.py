@@ -190,7 +190,7 @@ def cmd_status(dir: Path) -> int:
     say(f"dir {dir}  netns {state.get('netns')}  ready {state.get('ready')}")
     rss = cl.rss_mib(state)
     for name, pid in (state.get("pids") or {}).items():
-        alive = cl._pid_is(pid, name)
+        alive = cl.pid_is(pid, name)
         say(f"  {name:24} pid {pid:<8} {'running' if alive else 'NOT RUNNING':12} "
             f"{rss.get(name, 0):7.1f} MiB")  # fmt: skip
     if "shims" in rss:

@@ -140,7 +140,9 @@ GLOBAL_SYSCTLS = (
 HOST_DIRS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods")
 #: how many `ctr images import` run at once (they are I/O bound)
 IMPORT_WORKERS = int(os.environ.get("FEDKUBE_CLUSTER_IMPORT_WORKERS", "2"))
-ENV_FILE = "env.json"
+ENV_FILE = k8s.ENV_FILE
+load_state = k8s.load_state
+pid_is = k8s.pid_is
 SYSCTL_FILE = "sysctls.json"
 STOP_GRACE = 3.0
 START_TIMEOUT = 240.0
@@ -388,8 +390,9 @@ class Cluster:
 
     def request(self, method: str, path: str, body: Any = None, *, timeout: float = 10.0) -> Any:
         """One JSON request as the admin; returns (status, decoded body)."""
-        return _api_request(self.server, self.admin_token, self.ssl_context(), method, path, body,
-                            timeout=timeout)  # fmt: skip
+        return k8s.api_request(
+            self.server + path, self.admin_token, self.ssl_context(), method, body, timeout=timeout
+        )
 
     def node_ready(self) -> bool:
         status, node = self.request("GET", f"/api/v1/nodes/{self.node_name}")
@@ -436,48 +439,10 @@ class Cluster:
         _write_json(self.dir / ENV_FILE, self.state)
 
 
-def _api_request(
-    server: str,
-    token: str,
-    ctx: ssl.SSLContext,
-    method: str,
-    path: str,
-    body: Any = None,
-    *,
-    timeout: float = 10.0,
-) -> tuple[int, Any]:
-    import urllib.error
-    import urllib.request
-
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(server + path, data=data, method=method)
-    req.add_header("Authorization", f"Bearer {token}")
-    req.add_header("Accept", "application/json")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=timeout) as r:
-            status, raw = r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")
-
-
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
-
-
-def load_state(dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((dir / ENV_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # ---- configuration files
@@ -771,11 +736,6 @@ def _pid_cmdline(pid: int) -> list[str]:
         return []
 
 
-def _pid_is(pid: int, name: str) -> bool:
-    args = _pid_cmdline(pid)
-    return bool(args) and Path(args[0]).name == name
-
-
 def _shims(sock: str) -> list[int]:
     """The containerd-shim-runc-v2 processes of the containerd at `sock`."""
     out = []
@@ -860,9 +820,7 @@ def _cleanup_host(state: Mapping[str, Any], log: Log) -> None:
                 f.unlink(missing_ok=True)
     # host directories the kubelet insists on (device-plugins socket, container log
     # links), when this cluster created them and no other kubelet runs
-    if not any(
-        _pid_is(int(e.name), "kubelet") for e in Path("/proc").iterdir() if e.name.isdigit()
-    ):
+    if not any(pid_is(int(e.name), "kubelet") for e in Path("/proc").iterdir() if e.name.isdigit()):
         for created in state.get("host_dirs_created", []):
             p = Path(created)
             if p == Path("/var/lib/kubelet"):
@@ -1360,20 +1318,18 @@ def _apply(c: Cluster, objects: Sequence[dict[str, Any]]) -> None:
         }[kind]
         ns = f"/namespaces/{meta['namespace']}" if "namespace" in meta else ""
         path = f"{base}{ns}/{plural}/{meta['name']}?fieldManager=fedkube-cluster&force=true"
-        data = json.dumps(obj).encode()
-        import urllib.error
-        import urllib.request
-
-        req = urllib.request.Request(c.server + path, data=data, method="PATCH")
-        req.add_header("Authorization", f"Bearer {c.admin_token}")
-        req.add_header("Content-Type", "application/apply-patch+yaml")
-        try:
-            with urllib.request.urlopen(req, context=c.ssl_context(), timeout=10):
-                pass
-        except urllib.error.HTTPError as exc:
+        status, answer = k8s.api_request(
+            c.server + path,
+            c.admin_token,
+            c.ssl_context(),
+            "PATCH",
+            obj,
+            content_type="application/apply-patch+yaml",
+        )
+        if status >= 300:
             raise ServiceUnavailable(
-                f"cannot apply {kind} {meta['name']}: {exc.code} {exc.read()[:500]!r}", HINT
-            ) from exc
+                f"cannot apply {kind} {meta['name']}: {status} {str(answer)[:500]}", HINT
+            )
 
 
 COREFILE = """\
@@ -1522,7 +1478,7 @@ def _pid_is_up(pid: int) -> bool:
 def running_in(dir: Path) -> bool:
     """Some process of DIR/env.json still runs its binary."""
     state = load_state(dir) or {}
-    return any(_pid_is(p, n) for n, p in (state.get("pids") or {}).items() if p)
+    return any(pid_is(p, n) for n, p in (state.get("pids") or {}).items() if p)
 
 
 def stop_dir(dir: Path, *, log: Log = log_stderr, keep_dir: bool = False) -> list[str]:
@@ -1545,11 +1501,11 @@ def stop_dir(dir: Path, *, log: Log = log_stderr, keep_dir: bool = False) -> lis
         stopped.append(f"{UP_SCRIPT} up")
         state = load_state(dir) or state
     pids: dict[str, int] = {k: v for k, v in (state.get("pids") or {}).items() if v}
-    if pids.get("kubelet") and _pid_is(pids["kubelet"], "kubelet"):
+    if pids.get("kubelet") and pid_is(pids["kubelet"], "kubelet"):
         _stop_pid(pids["kubelet"])
         stopped.append("kubelet")
     _kill_pods(state, log)
-    live = [(n, p) for n, p in reversed(list(pids.items())) if n != "kubelet" and _pid_is(p, n)]
+    live = [(n, p) for n, p in reversed(list(pids.items())) if n != "kubelet" and pid_is(p, n)]
     for n, _ in live:
         _kill([pids[n]], signal.SIGTERM)
     if not _wait_gone([p for _, p in live], STOP_GRACE):

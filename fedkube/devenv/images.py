@@ -65,6 +65,8 @@ SERVER_IMAGE = f"ghcr.io/fedkube/fedkube:{__version__}"
 CLIENT_IMAGE = f"ghcr.io/fedkube/fedkube-client:{__version__}"
 EXAMPLE_LINEAR_IMAGE = f"ghcr.io/fedkube/fedkube-example-linear:{__version__}"
 
+#: podman's storage beyond which the build cache (untagged layers) is pruned
+PODMAN_STORAGE_LIMIT = int(os.environ.get("FEDKUBE_PODMAN_STORAGE_GB", "24")) << 30
 #: bump when the way images are built changes (all are rebuilt)
 IMAGE_RECIPE = "2"
 #: what never counts as an image build input (beside .dockerignore)
@@ -99,6 +101,15 @@ class Timer:
         s = self.seconds
         self.log(f"cluster: {self.what}{extra} after {s:.1f} s")
         return s
+
+
+def _tree_size(root: Path) -> int:
+    total = 0
+    for d, _, files in os.walk(root):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(d, f)).st_size
+    return total
 
 
 def images_cache() -> Path:
@@ -421,10 +432,19 @@ class ImageBuilder:
                     old.unlink()
             self.built.archives[spec.name] = tar
             self.built.seconds[spec.name] = t.done(f" ({tar.stat().st_size >> 20} MiB)")
-        # dangling layers of earlier builds (vfs keeps full copies)
-        with contextlib.suppress(ServiceUnavailable):
-            self.podman.run("image", "prune", "-f", log_file=self.build_log)
+        self._bound_storage()
         return self.built
+
+    def _bound_storage(self) -> None:
+        """Keep podman's storage under PODMAN_STORAGE_LIMIT: the untagged layers of
+        earlier builds are the build cache (a code change then rebuilds in seconds,
+        the dependency layers reused), but vfs keeps a full copy per layer, so past
+        the limit they are pruned."""
+        used = _tree_size(self.podman.root / "storage")
+        if used > PODMAN_STORAGE_LIMIT:
+            self.log(f"cluster: podman storage {used >> 30} GiB: pruning the build cache")
+            with contextlib.suppress(ServiceUnavailable):
+                self.podman.run("image", "prune", "-f", log_file=self.build_log)
 
     def _ensure_loaded(self, name: str) -> None:
         if not self.podman.exists(name):

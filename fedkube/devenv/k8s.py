@@ -238,6 +238,36 @@ def write_kubeconfig(path: Path, server: str, ca_pem: bytes, tokens: dict[str, s
 # ---- the environment
 
 
+def api_request(
+    url: str,
+    token: str | None,
+    ctx: ssl.SSLContext,
+    method: str = "GET",
+    body: Any = None,
+    *,
+    timeout: float = 10.0,
+    content_type: str = "application/json",
+) -> tuple[int, Any]:
+    """One request to an apiserver with a bearer token; (status, JSON body or its text).
+    An HTTP error is a status, not an exception."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    req.add_header("Accept", "application/json")
+    if data is not None:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
 @dataclass
 class K8sEnv:
     """A control plane: started here (`procs` non-empty) or attached to (`procs` empty)."""
@@ -316,22 +346,9 @@ class K8sEnv:
         self, method: str, path: str, body: Any = None, *, timeout: float = 10.0
     ) -> tuple[int, Any]:
         """One JSON request as the admin user; returns (status, decoded body or text)."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.server + path, data=data, method=method)
-        if self.admin_token:
-            req.add_header("Authorization", f"Bearer {self.admin_token}")
-        req.add_header("Accept", "application/json")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, context=self.ssl_context(), timeout=timeout) as r:
-                status, raw = r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return api_request(
+            self.server + path, self.admin_token, self.ssl_context(), method, body, timeout=timeout
+        )
 
     def write_state(self, supervisor: int | None = None) -> None:
         """DIR/env.json: what reusing or stopping this environment needs
@@ -570,7 +587,8 @@ def load_state(dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _pid_is(pid: int, name: str) -> bool:
+def pid_is(pid: int, name: str) -> bool:
+    """`pid` runs the binary `name` (not a reused pid of another program)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
     except OSError:
@@ -581,7 +599,7 @@ def _pid_is(pid: int, name: str) -> bool:
 def running_in(dir: Path) -> bool:
     """Some process listed in DIR/env.json still runs its binary."""
     state = load_state(dir) or {}
-    return any(_pid_is(p, n) for n, p in (state.get("pids") or {}).items() if p)
+    return any(pid_is(p, n) for n, p in (state.get("pids") or {}).items() if p)
 
 
 def _pid_is_up(pid: int) -> bool:
@@ -621,7 +639,7 @@ def stop_dir(dir: Path, grace: float = STOP_GRACE) -> list[str]:
             time.sleep(0.1)
         stopped.append(f"{UP_SCRIPT} up")
     pids: dict[str, int] = {k: v for k, v in (state.get("pids") or {}).items() if v}
-    live = [(n, p) for n, p in reversed(list(pids.items())) if _pid_is(p, n)]
+    live = [(n, p) for n, p in reversed(list(pids.items())) if pid_is(p, n)]
     for _name, pid in live:
         _stop_pid(pid, grace)
     return stopped + [n for n, _ in live]

@@ -296,7 +296,7 @@ def test_down_restores_sysctls_and_leaves_no_mount_cgroup_or_netns(
     assert not netns.exists(state["netns"])
     cg = state["cgroup_root"].strip("/")
     assert not any((mnt / cg).exists() for mnt, _ in devcluster._cgroup_mounts())
-    assert not any(devcluster._pid_is(pid, name) for name, pid in pids.items())
+    assert not any(devcluster.pid_is(pid, name) for name, pid in pids.items())
     assert devcluster._shims(state["containerd_sock"]) == []
     # idempotent
     assert devcluster.stop_dir(d, log=lambda m: None) == []

@@ -379,3 +379,48 @@ def test_operator_status_tells_a_running_job_without_reducer():
     assert "130s" in gone["message"]
     assert progressing(reducer_seen_at=now - 2)["status"] == "True"
     assert progressing()["status"] == "True"  # a record from before liveness renewals
+
+
+@pytest.mark.parametrize("address", ["10.244.0.1:", "combiner", ":7070", "host:70700", "host:x"])
+def test_client_with_an_address_without_a_usable_port_fails_at_once(address, tmp_path):
+    """`--connect $NODE_IP:$(kubectl ... nodePort)` where the substitution printed
+    nothing: the client says so and exits, instead of retrying forever."""
+    code, out, _ = fedkube(
+        "client",
+        "--connect",
+        address,
+        "--job",
+        "j",
+        "--client-id",
+        "c",
+        "--train-cmd",
+        "true",
+        "--workdir",
+        str(tmp_path),
+        timeout=60,
+        env={**os.environ, CLIENT_TOKEN_ENV: "fkc_x"},
+    )
+    assert code == 2, out
+    assert f"--connect {address!r}: expected HOST:PORT" in out, out
+
+
+def test_client_says_connected_only_once_a_combiner_accepted_it(tmp_path):
+    """Nothing listens at the address: the client retries, logging `connection lost`,
+    and never `connected` (which used to be logged for a stream refused at once)."""
+    (port,) = free_ports(1)
+    proc = subprocess.Popen(
+        [sys.executable, "-P", "-m", "fedkube", "client", "--connect", f"127.0.0.1:{port}",
+         "--job", "j", "--client-id", "c", "--train-cmd", "true", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, CLIENT_TOKEN_ENV: "fkc_x"},
+    )  # fmt: skip
+    try:
+        time.sleep(6)  # the first attempt and a retry or two
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    msgs = [json.loads(ln).get("msg") for ln in out.splitlines() if ln.startswith("{")]
+    assert "connection lost" in msgs, out
+    assert "connected" not in msgs, out

@@ -1,7 +1,7 @@
 """Fixtures of the Kubernetes tests: the session's control plane (`k8s`), the
-FederatedJob CRD on it (`crd`), a fresh `namespace` per test and a `pod_runner`
-for it (tests/support/k8s.py)."""
+FederatedJob CRD on it (`crd`) and a fresh `namespace` per test
+(tests/support/k8s.py)."""
 
-from tests.support.k8s import crd, k8s, namespace, pod_runner
+from tests.support.k8s import crd, k8s, namespace
 
-__all__ = ["crd", "k8s", "namespace", "pod_runner"]
+__all__ = ["crd", "k8s", "namespace"]

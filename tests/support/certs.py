@@ -2,7 +2,8 @@
 
 `make_certs(dir)` writes, under `dir`:
   ca.pem / ca.key                  the test CA
-  server.pem / server.key          CN=localhost, SAN DNS:localhost + IP:127.0.0.1, serverAuth
+  server.pem / server.key          CN=localhost, SAN DNS:localhost + IP:127.0.0.1 (or the
+                                   names given), serverAuth
   client.pem / client.key          CN=fedkube-test-client, clientAuth, signed by the CA
   rogue-ca.pem, rogue-client.pem/.key   a second, untrusted CA and a client cert it signed
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +48,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost,IP:127.0.0.1
+subjectAltName = {server_names}
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 
@@ -108,10 +110,14 @@ def _leaf(d: Path, name: str, cn: str, section: str, ca: str) -> None:
     )
 
 
-def make_certs(directory: Path) -> CertSet:
+def make_certs(
+    directory: Path, server_names: Sequence[str] = ("DNS:localhost", "IP:127.0.0.1")
+) -> CertSet:
+    """The certificates of the module doc; `server_names` are the server certificate's
+    subjectAltNames (``DNS:name`` or ``IP:address``)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "openssl.cnf").write_text(_CONF)
+    (d / "openssl.cnf").write_text(_CONF.replace("{server_names}", ",".join(server_names)))
     _ca(d, "ca", "fedkube-test-ca")
     _leaf(d, "server", "localhost", "server", "ca")
     _leaf(d, "client", "fedkube-test-client", "client", "ca")

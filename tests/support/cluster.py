@@ -4,16 +4,16 @@ DNS, all in a network namespace of its own.
 
 Fixtures (enabled where a conftest imports them, e.g. tests/cluster/conftest.py)::
 
-    cluster            session   TestCluster: .env (fedkube.devenv.cluster.Cluster),
+    cluster            package   TestCluster: .env (fedkube.devenv.cluster.Cluster),
                                  .k8s (tests.support.k8s.K8s: kubectl, apply, api),
                                  node_ip, forward(host, port), popen_in_netns(argv)
     cluster_namespace  function  a fresh namespace on it; deleted afterwards
 
-The session reuses a running cluster when ``FEDKUBE_CLUSTER_DIR`` names one
+The tests reuse a running cluster when ``FEDKUBE_CLUSTER_DIR`` names one
 (``python scripts/cluster.py up --detach`` prints the export); otherwise it
 builds the parts (cached: ``python scripts/cluster.py build`` once, minutes the
-first time) and starts a cluster of its own (~20 s), stopped at the end of the
-session. When a part is missing or the cluster cannot start, the tests are
+first time) and starts a cluster of its own (~40 s), stopped after the package's
+last test. When a part is missing or the cluster cannot start, the tests are
 skipped with the reason -- under ``CI=true`` they fail instead.
 
 Pods use the imported images with ``imagePullPolicy: Never``; a test that needs
@@ -24,6 +24,7 @@ an image the build could not make (a missing Dockerfile) calls
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,7 @@ import pytest
 
 from fedkube.devenv import cluster as devcluster
 from fedkube.errors import ServiceUnavailable
+from tests.support.fixtures import report as fixture_report
 from tests.support.fixtures import scoped
 from tests.support.k8s import ApiError, K8s, KubeAPI, kube_path
 
@@ -49,7 +51,7 @@ def unavailable(message: str) -> NoReturn:
 
 @dataclass
 class TestCluster:
-    """The session's cluster: the devenv object and a K8s client for it."""
+    """The package's cluster: the devenv object and a K8s client for it."""
 
     __test__ = False  # not a test class for pytest
 
@@ -117,17 +119,12 @@ def open_cluster(log: Any = None) -> TestCluster:
         raise
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(pytestconfig: pytest.Config) -> Iterator[TestCluster]:
-    """The session's real cluster (see the module doc)."""
-    tr = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    capman = pytestconfig.pluginmanager.get_plugin("capturemanager")
-
-    def report(line: str) -> None:
-        if tr is None or pytestconfig.get_verbosity() <= 0:
-            return
-        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-            tr.write_line(line)
+    """The real cluster of the tests/cluster package (see the module doc): started once
+    for the package and stopped after its last test, so the rest of the suite does
+    not share the machine with it."""
+    report = functools.partial(fixture_report, pytestconfig)
 
     try:
         c = open_cluster(report)
@@ -145,7 +142,7 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[TestCluster]:
 
 @pytest.fixture
 def cluster_namespace(cluster: TestCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace on the session's cluster; deleted afterwards (not waited for)."""
+    """A fresh namespace on the package's cluster; deleted afterwards (not waited for)."""
     k = cluster.k8s
 
     def delete(name: str) -> None:

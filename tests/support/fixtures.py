@@ -38,6 +38,7 @@ server's log tail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -62,9 +63,13 @@ def unavailable(exc: ServiceUnavailable) -> NoReturn:
 
 
 def report(config: pytest.Config, line: str) -> None:
-    """Write `line` to the terminal when pytest runs verbosely."""
+    """Write `line` to the terminal when pytest runs verbosely (also from a fixture's
+    setup, while output is captured: progress of a slow environment start)."""
     tr = config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None and config.get_verbosity() > 0:
+    if tr is None or config.get_verbosity() <= 0:
+        return
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
         tr.write_line(line)
 
 

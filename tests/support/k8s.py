@@ -7,8 +7,9 @@ Fixtures (enabled where a conftest imports them, e.g. tests/k8s/conftest.py)::
     k8s          session   K8s: kubeconfig, kubectl(...), api (KubeAPI)
     namespace    function  a fresh namespace (its `default` ServiceAccount
                            exists); deleted afterwards (without waiting)
-    pod_runner   function  a started PodRunner for `namespace` (its processes
-                           and /etc/hosts block are gone afterwards)
+
+This control plane runs no pods (no kubelet): tests that need pods use the real
+single-node cluster of tests/support/cluster.py (tests/cluster/).
 
 The control plane starts once per session, in about 3-5 seconds (binaries from
 ``bash scripts/build_k8s.sh``, cached). With ``FEDKUBE_TEST_KUBECONFIG`` set
@@ -23,17 +24,17 @@ paths, ``KubeAPI`` (``k8s.api``) does get/list/create/patch/delete.
 
 Example::
 
-    def test_something(k8s, namespace, pod_runner):
-        k8s.apply(deployment_manifest, namespace)       # kubectl apply -f -
-        wait_for(lambda: k8s.api.get(kube_path("deployments", namespace, "web"))
-                 ["status"].get("readyReplicas") == 1, 60, "web to be ready")
-        print(pod_runner.logs("web-..."))                # the process's output
+    def test_something(k8s, namespace):
+        k8s.apply(statefulset_manifest, namespace)      # kubectl apply -f -
+        wait_for(lambda: k8s.api.get(kube_path("statefulsets", namespace, "web"))
+                 ["spec"]["replicas"] == 2, 60, "2 replicas")
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -47,7 +48,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
@@ -56,10 +57,8 @@ import yaml
 from fedkube.devenv import k8s as control_plane
 from fedkube.devenv.k8s import K8sEnv
 from fedkube.errors import ServiceUnavailable
+from tests.support.fixtures import report as fixture_report
 from tests.support.fixtures import scoped
-
-if TYPE_CHECKING:
-    from tests.support.podrunner import PodRunner
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 HINT = (
@@ -120,7 +119,7 @@ PATCH_TYPES = {
 
 class KubeAPI:
     """JSON over HTTPS with keep-alive (one connection per thread): enough for
-    tests and the pod runner without a client library. Paths are API paths
+    tests without a client library. Paths are API paths
     (``/api/v1/namespaces/NS/pods``)."""
 
     def __init__(
@@ -449,15 +448,7 @@ def start_cluster(log: Callable[[str], None] | None = None) -> K8s:
 def k8s(pytestconfig: pytest.Config) -> Iterator[K8s]:
     """The session's cluster: FEDKUBE_TEST_KUBECONFIG if set and reachable, else one
     started here (stopped at the end of the session)."""
-    tr = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-
-    capman = pytestconfig.pluginmanager.get_plugin("capturemanager")
-
-    def report(line: str) -> None:
-        if tr is None or pytestconfig.get_verbosity() <= 0:
-            return
-        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-            tr.write_line(line)
+    report = functools.partial(fixture_report, pytestconfig)
 
     cluster: K8s | None = None
     if env_kc := os.environ.get("FEDKUBE_TEST_KUBECONFIG"):
@@ -508,22 +499,3 @@ def crd(k8s: K8s) -> None:
 def namespace(k8s: K8s, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace named after the test; deleted afterwards (not waited for)."""
     yield from scoped(k8s.create_namespace(request.node.name), k8s.delete_namespace)
-
-
-@pytest.fixture
-def pod_runner(k8s: K8s, namespace: str, tmp_path: Path) -> Iterator[PodRunner]:
-    """A started PodRunner for `namespace`; stopped (processes killed, /etc/hosts
-    block removed) afterwards."""
-    from tests.support.podrunner import PodRunner
-
-    runner = PodRunner(k8s.kubeconfig, namespace, workdir=tmp_path / "pods")
-    try:
-        runner.start()
-    except RuntimeError as exc:  # not root: no /etc/hosts, no addresses on lo
-        if CI:
-            pytest.fail(f"the pod runner cannot start under CI=true: {exc}")
-        pytest.skip(f"the pod runner cannot start here: {exc}")
-    try:
-        yield runner
-    finally:
-        runner.stop()

@@ -117,17 +117,20 @@ def test_child_names() -> None:
     assert names.reducer_deployment("mnist") == names.reducer_service("mnist") == "mnist-reducer"
     assert names.combiner_statefulset("mnist") == "mnist-combiner"
     assert names.combiner_headless_service("mnist") == "mnist-combiner"
-    assert names.combiner_address("mnist", 1, 7070) == "mnist-combiner-1.mnist-combiner:7070"
+    assert (
+        names.combiner_address("mnist", 1, 7070, "ml")
+        == "mnist-combiner-1.mnist-combiner.ml.svc:7070"
+    )
 
 
 def test_combiner_template_string_exactly() -> None:
     assert (
-        names.combiner_template("mnist", 7070)
-        == "mnist-combiner-{i}=mnist-combiner-{i}.mnist-combiner:7070"
+        names.combiner_template("mnist", 7070, "ml")
+        == "mnist-combiner-{i}=mnist-combiner-{i}.mnist-combiner.ml.svc:7070"
     )
     assert (
-        names.combiner_template("a-b", 9000)
-        == "a-b-combiner-{i}=a-b-combiner-{i}.a-b-combiner:9000"
+        names.combiner_template("a-b", 9000, "x")
+        == "a-b-combiner-{i}=a-b-combiner-{i}.a-b-combiner.x.svc:9000"
     )
 
 
@@ -138,7 +141,8 @@ def test_combiner_template_expands_to_the_statefulset_pods_through_the_headless_
     flags = container(deploy(job))["command"]
     template = flags[flags.index("--combiner-template") + 1]
     assert expand_template(template, 3) == {
-        names.combiner_pod("mnist", i): names.combiner_address("mnist", i, 7171) for i in range(3)
+        names.combiner_pod("mnist", i): names.combiner_address("mnist", i, 7171, NS)
+        for i in range(3)
     }
     # the host part is "<pod>.<headless service>" and the service is the StatefulSet's serviceName
     statefulset = sts(job)
@@ -401,7 +405,7 @@ def test_reducer_command_exactly() -> None:
         "--job",
         "/etc/fedkube/job.yaml",
         "--combiner-template",
-        "mnist-combiner-{i}=mnist-combiner-{i}.mnist-combiner:7070",
+        "mnist-combiner-{i}=mnist-combiner-{i}.mnist-combiner.team-a.svc:7070",
         "--workdir",
         "/var/lib/fedkube",
         "--health-port",
