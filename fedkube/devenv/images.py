@@ -20,9 +20,11 @@ so an unchanged image costs a hash and a changed one is rebuilt. In build order:
   the Helm chart and examples/linear/job.yaml use (``ghcr.io/fedkube/...:VERSION``):
   what a release publishes, built from this checkout.
 
-podman runs with this machine's workarounds (DESIGN.md): vfs storage and runc
-under the cache directory, no default rlimits, cgroupfs, file events, host
-network for the builds (pip reaches PyPI).
+podman runs with this machine's workarounds (DESIGN.md): runc, no default
+rlimits, cgroupfs, file events, host network for the builds (pip reaches PyPI),
+and its storage under the cache directory. The storage driver is overlay: a
+layer costs only its own files, where vfs copied the whole tree for every build
+step (all the images: 203 s with overlay, 465 s with vfs, on 2 cores).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ EXAMPLE_LINEAR_IMAGE = f"ghcr.io/fedkube/fedkube-example-linear:{__version__}"
 #: podman's storage beyond which the build cache (untagged layers) is pruned
 PODMAN_STORAGE_LIMIT = int(os.environ.get("FEDKUBE_PODMAN_STORAGE_GB", "24")) << 30
 #: bump when the way images are built changes (all are rebuilt)
-IMAGE_RECIPE = "2"
+IMAGE_RECIPE = "3"
 #: what never counts as an image build input (beside .dockerignore)
 ALWAYS_IGNORED = (
     ".git",
@@ -126,7 +128,7 @@ class BuiltImages:
 
 
 class Podman:
-    """podman with this machine's workarounds (DESIGN.md): vfs storage under the
+    """podman with this machine's workarounds (DESIGN.md): overlay storage under the
     cache, runc, no default rlimits, cgroupfs, file events, host network."""
 
     def __init__(self, root: Path) -> None:
@@ -157,7 +159,7 @@ class Podman:
             "--runroot",
             str(self.root / "run"),
             "--storage-driver",
-            "vfs",
+            "overlay",
             "--runtime",
             RUNC,
             "--cgroup-manager",
@@ -357,7 +359,10 @@ class ImageBuilder:
         self.rebuild = rebuild
         self.dir = images_cache()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.podman = Podman(images_cache().parent / "podman")
+        # (the storage of an older recipe, vfs, lived in "podman": a driver cannot change
+        # under an existing storage root, so overlay has its own and the old one goes)
+        shutil.rmtree(images_cache().parent / "podman", ignore_errors=True)
+        self.podman = Podman(images_cache().parent / "podman-overlay")
         self.build_log = self.dir / "build.log"
         self.keys: dict[str, str] = {}
 
@@ -438,8 +443,7 @@ class ImageBuilder:
     def _bound_storage(self) -> None:
         """Keep podman's storage under PODMAN_STORAGE_LIMIT: the untagged layers of
         earlier builds are the build cache (a code change then rebuilds in seconds,
-        the dependency layers reused), but vfs keeps a full copy per layer, so past
-        the limit they are pruned."""
+        the dependency layers reused); past the limit they are pruned."""
         used = _tree_size(self.podman.root / "storage")
         if used > PODMAN_STORAGE_LIMIT:
             self.log(f"cluster: podman storage {used >> 30} GiB: pruning the build cache")

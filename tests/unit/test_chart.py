@@ -765,6 +765,11 @@ def test_notes(helm: Path, tmp_path: Path) -> None:
     assert f"port-forward service/{RELEASE}-dashboard 8501:8501" in dev
     assert "must set" not in dev
     assert "storage.s3.publicEndpoint" in dev  # outside clients need it for presigned URLs
+    # the job to try is the numpy example, in the namespace the operator serves
+    assert f"kubectl -n {NAMESPACE} apply -f examples/linear/job.yaml" in dev
+    namespaced = _notes(helm, tmp_path / "c", "-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    assert "kubectl -n team-a apply -f examples/linear/job.yaml" in namespaced
+    assert "FederatedJobs in team-a, team-b" in namespaced
 
 
 # ---- bad values
