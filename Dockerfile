@@ -30,8 +30,11 @@ RUN python3 -m venv /opt/fedkube \
 
 WORKDIR /src
 # Dependencies first, from pyproject.toml alone: a layer that a change to the code
-# does not invalidate (rebuilds after an edit take seconds, not minutes).
-COPY pyproject.toml ./
+# does not invalidate (rebuilds after an edit take seconds, not minutes). Every
+# version is pinned by constraints.txt (python scripts/lock_images.py), also those of
+# the wheel's build.
+COPY pyproject.toml constraints.txt ./
+ENV PIP_CONSTRAINT=/src/constraints.txt
 RUN /opt/fedkube/bin/python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extra = p["optional-dependencies"]; print("\n".join(p["dependencies"] + [d for e in ["operator", "dashboard"] for d in extra[e]]))' > /tmp/requirements.txt \
     && /opt/fedkube/bin/python3 -m pip install --no-cache-dir -r /tmp/requirements.txt
 

@@ -68,6 +68,13 @@ except ModuleNotFoundError as exc:
     sys.exit(f"error: {exc}: run cluster.py with the venv's python (`source scripts/env.sh`)")
 
 LAST = cl.cluster_cache() / "last"
+HERE = Path(__file__).resolve().parent.parent
+if cl.REPO.resolve() != HERE:
+    sys.exit(
+        f"error: this Python's fedkube is installed from {cl.REPO}, not from this checkout "
+        f"({HERE}): the images would be built from the other one; `source scripts/env.sh` "
+        "here first"
+    )
 
 
 def say(msg: str) -> None:

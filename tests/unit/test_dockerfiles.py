@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -188,3 +189,48 @@ def test_example_image_starts_from_the_client_image_the_chart_names() -> None:
     chart = (REPO / "charts" / "fedkube" / "values.yaml").read_text()
     assert images.SERVER_IMAGE.rsplit(":", 1)[0] in chart
     assert images.CLIENT_IMAGE.rsplit(":", 1)[0] in chart
+
+
+def _lock(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "lock_images.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_builds_install_the_pinned_versions() -> None:
+    for dockerfile in (SERVER, CLIENT):
+        builder = stages(dockerfile)[0]
+        assert ("ENV", "PIP_CONSTRAINT=/src/constraints.txt") in builder, dockerfile
+        copies = [a for i, a in builder if i == "COPY"]
+        assert "pyproject.toml constraints.txt ./" in copies, dockerfile
+        # the constraint is in force before anything but pip itself is installed
+        env_at = builder.index(("ENV", "PIP_CONSTRAINT=/src/constraints.txt"))
+        installs = [n for n, (i, a) in enumerate(builder) if i == "RUN" and "-r " in a]
+        assert installs and min(installs) > env_at, dockerfile
+
+
+def test_the_lock_pins_every_requirement_of_pyproject() -> None:
+    proc = _lock("--check")
+    assert proc.returncode == 0, proc.stderr
+    pins = dict(
+        line.split("==")
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert {"numpy", "grpcio", "kopf", "streamlit", "setuptools", "wheel"} <= set(pins)
+    assert "torch" not in pins  # the torch extra is not in the images
+
+
+def test_the_lock_check_names_what_is_missing_or_out_of_range(tmp_path: Path) -> None:
+    good = (REPO / "constraints.txt").read_text().splitlines()
+    bad = [ln for ln in good if not ln.startswith("numpy==")]
+    bad = [("grpcio==1.0.0" if ln.startswith("grpcio==") else ln) for ln in bad]
+    path = tmp_path / "constraints.txt"
+    path.write_text("\n".join(bad) + "\n")
+    proc = _lock("--check", "--file", str(path))
+    assert proc.returncode == 1
+    assert "numpy (numpy>=1.26) is not pinned" in proc.stderr, proc.stderr
+    assert "grpcio==1.0.0 does not satisfy grpcio>=" in proc.stderr, proc.stderr
