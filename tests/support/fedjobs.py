@@ -13,9 +13,7 @@ from __future__ import annotations
 import copy
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -228,33 +226,3 @@ def assert_models_are_the_recorded_fedavg(
                 )
             used[r] = sorted(u.client for u in accepted)
     return used
-
-
-class Watcher:
-    """A background poll of `kubectl get fedjobs` (the table a user watches): every
-    distinct line seen, in order."""
-
-    def __init__(self, release: Release, ns: str, interval: float = 0.5) -> None:
-        self.release, self.ns, self.interval = release, ns, interval
-        self.lines: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            out = self.release.k8s.kubectl("get", "fedjobs", namespace=self.ns, check=False).stdout
-            for line in out.splitlines()[1:]:
-                row = " ".join(line.split()[:-1])  # without AGE
-                if row and (not self.lines or self.lines[-1] != row):
-                    self.lines.append(row)
-            time.sleep(self.interval)
-
-    def stop(self) -> list[str]:
-        self._stop.set()
-        self._thread.join(10)
-        return self.lines
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    return wait_for(check, timeout, what, interval=0.2)

@@ -48,9 +48,6 @@ RELEASE = "fedkube"
 RELEASE_NAMESPACE = "fedkube-system"
 #: the namespaces the operator serves (namespaced RBAC: a Role in each)
 JOB_NAMESPACES = ("team-a", "team-b")
-#: the dev S3's fixed node port: presigned URLs are signed for NODE_IP:S3_NODE_PORT,
-#: which pods and processes on the node's network both reach
-S3_NODE_PORT = 30833
 #: what the test cluster adds to the README's helm install: its local dev-storage images
 TEST_CLUSTER_VALUES = (
     f"dev.s3.image.repository={images.S3_IMAGE.rsplit(':', 1)[0]}",
@@ -58,7 +55,6 @@ TEST_CLUSTER_VALUES = (
     f"dev.mongodb.image.repository={images.MONGODB_IMAGE.rsplit(':', 1)[0]}",
     f"dev.mongodb.image.tag={images.MONGODB_IMAGE.rsplit(':', 1)[1]}",
 )
-DEPLOYMENTS = ("operator", "dashboard", "s3", "mongodb")
 INSTALL_TIMEOUT = 300.0
 INSTALL_HEADING = "### Install the chart"
 
@@ -138,11 +134,6 @@ class Release:
                 "logs", name, f"--tail={tail}", namespace=ns, check=False
             ).stdout
         return f"(no {component} pod in {ns})"
-
-    def helm(
-        self, *args: str, check: bool = True, timeout: float = 600
-    ) -> subprocess.CompletedProcess[str]:
-        return helm(self.cluster, *args, check=check, timeout=timeout)
 
 
 def helm(
