@@ -4,8 +4,8 @@
 # Extra arguments go to pytest (e.g. -k federation, -x).
 #
 # What the tests run besides Python is installed or built first, cached outside
-# the repository (~/.cache/fedkube; seconds once cached, about 25 minutes on a
-# fresh 2-core machine): Debian packages (scripts/system_deps.sh), etcd and the
+# the repository (~/.cache/fedkube; seconds once cached, about 16 minutes on a
+# fresh 2-core machine, measured): Debian packages (scripts/system_deps.sh), etcd and the
 # Kubernetes binaries (scripts/build_k8s.sh --node), FerretDB
 # (scripts/build_ferretdb.sh), containerd and CoreDNS (scripts/build_node.sh),
 # then the images of the real test cluster (python scripts/cluster.py build).
@@ -16,7 +16,7 @@ case "${CI:-}" in 1|true|TRUE|True|yes) STRICT=1 ;; *) STRICT=0 ;; esac
 LOGS="${FEDKUBE_CACHE:-$HOME/.cache/fedkube}/logs"
 mkdir -p "$LOGS"
 
-# name -> command; each runs after the previous one, in the background
+# The background builds, one after the other; the failed steps go to builds.failed.
 builds() {
   local failed=()
   for step in "system_deps.sh" "build_k8s.sh --node" "build_ferretdb.sh" "build_node.sh --no-apt"; do
