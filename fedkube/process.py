@@ -510,6 +510,43 @@ def _pump(fd: int, log: CappedLog, done: threading.Event) -> None:
         log.write(data)
 
 
+def is_zombie(pid: int) -> bool:
+    """True when `pid` is gone or a zombie (exited, not yet reaped by its parent)."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return True
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return not fields or fields[0] in ("Z", "X")
+
+
+def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to each pid (gone ones and foreign ones are skipped)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def wait_gone(pids: Sequence[int], timeout: float) -> bool:
+    """Wait until every pid is gone or a zombie; False when some still run at `timeout`."""
+    end = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if not is_zombie(p)]
+        if not alive or time.monotonic() > end:
+            return not alive
+        time.sleep(0.05)
+
+
+def stop_pids(pids: Sequence[int], grace: float) -> None:
+    """Stop processes that are not our children (a server recorded in a state file):
+    SIGTERM, SIGKILL to what still runs after `grace` seconds, then wait (at most
+    REAP_TIMEOUT) until they are gone."""
+    kill_pids(pids, signal.SIGTERM)
+    if not wait_gone(pids, grace):
+        kill_pids(pids)
+        wait_gone(pids, REAP_TIMEOUT)
+
+
 def group_alive(pgid: int) -> bool:
     """True while a process (not a zombie) of process group `pgid` exists."""
     try:

@@ -81,7 +81,7 @@ from fedkube.devenv.images import (
     log_stderr,
 )
 from fedkube.errors import ServiceUnavailable
-from fedkube.process import ChildProcess, stop_all
+from fedkube.process import ChildProcess, is_zombie, kill_pids, stop_all, stop_pids, wait_gone
 
 __all__ = [
     "BASE_IMAGE",
@@ -143,6 +143,7 @@ IMPORT_WORKERS = int(os.environ.get("FEDKUBE_CLUSTER_IMPORT_WORKERS", "2"))
 ENV_FILE = k8s.ENV_FILE
 load_state = k8s.load_state
 pid_is = k8s.pid_is
+running_in = k8s.running_in
 SYSCTL_FILE = "sysctls.json"
 STOP_GRACE = 3.0
 START_TIMEOUT = 240.0
@@ -748,28 +749,6 @@ def _shims(sock: str) -> list[int]:
     return out
 
 
-def _kill(pids: Sequence[int], sig: int = signal.SIGKILL) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while True:
-        alive = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
-        if not alive or time.monotonic() > end:
-            return not alive
-        time.sleep(0.05)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
 def _kill_pods(state: Mapping[str, Any], log: Log) -> None:
     """SIGKILL every process in the cluster's cgroups (the pods' containers and
     pause processes), then the shims of its containerd."""
@@ -780,13 +759,13 @@ def _kill_pods(state: Mapping[str, Any], log: Log) -> None:
             pids = sorted(_cgroup_pids(cg) - {os.getpid()})
             if not pids:
                 break
-            _kill(pids)
+            kill_pids(pids)
             killed += len(pids)
-            _wait_gone(pids, 2.0)
+            wait_gone(pids, 2.0)
     sock = state.get("containerd_sock")
     shims = _shims(sock) if sock else []
-    _kill(shims)
-    _wait_gone(shims, 5.0)
+    kill_pids(shims)
+    wait_gone(shims, 5.0)
     if killed or shims:
         log(f"cluster: killed {killed} pod processes and {len(shims)} shims")
 
@@ -1468,17 +1447,7 @@ def _deploy_coredns(c: Cluster) -> None:
 def _pid_is_up(pid: int) -> bool:
     """`pid` is a running `cluster.py up` (the supervisor)."""
     args = _pid_cmdline(pid)
-    return (
-        not _zombie(pid)
-        and any(a.endswith(UP_SCRIPT) for a in args)
-        and ("up" in args or "_supervise" in args)
-    )
-
-
-def running_in(dir: Path) -> bool:
-    """Some process of DIR/env.json still runs its binary."""
-    state = load_state(dir) or {}
-    return any(pid_is(p, n) for n, p in (state.get("pids") or {}).items() if p)
+    return not is_zombie(pid) and any(a.endswith(UP_SCRIPT) for a in args) and "up" in args
 
 
 def stop_dir(dir: Path, *, log: Log = log_stderr, keep_dir: bool = False) -> list[str]:
@@ -1502,15 +1471,11 @@ def stop_dir(dir: Path, *, log: Log = log_stderr, keep_dir: bool = False) -> lis
         state = load_state(dir) or state
     pids: dict[str, int] = {k: v for k, v in (state.get("pids") or {}).items() if v}
     if pids.get("kubelet") and pid_is(pids["kubelet"], "kubelet"):
-        _stop_pid(pids["kubelet"])
+        stop_pids([pids["kubelet"]], STOP_GRACE)
         stopped.append("kubelet")
     _kill_pods(state, log)
     live = [(n, p) for n, p in reversed(list(pids.items())) if n != "kubelet" and pid_is(p, n)]
-    for n, _ in live:
-        _kill([pids[n]], signal.SIGTERM)
-    if not _wait_gone([p for _, p in live], STOP_GRACE):
-        _kill([p for _, p in live])
-        _wait_gone([p for _, p in live], 5.0)
+    stop_pids([p for _, p in live], STOP_GRACE)
     stopped += [n for n, _ in live]
     if keep_dir:
         state = {**state, "remove_dir": False}
@@ -1521,13 +1486,6 @@ def stop_dir(dir: Path, *, log: Log = log_stderr, keep_dir: bool = False) -> lis
         _write_json(dir / ENV_FILE, state)
     t.done()
     return stopped
-
-
-def _stop_pid(pid: int, grace: float = STOP_GRACE) -> None:
-    _kill([pid], signal.SIGTERM)
-    if not _wait_gone([pid], grace):
-        _kill([pid])
-        _wait_gone([pid], 5.0)
 
 
 # ---- resources

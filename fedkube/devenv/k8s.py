@@ -32,7 +32,6 @@ stops one started with ``--dir``.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import secrets
@@ -52,7 +51,7 @@ from typing import Any
 
 from fedkube.devenv.base import cache_dir
 from fedkube.errors import ServiceUnavailable
-from fedkube.process import ChildProcess, free_ports
+from fedkube.process import ChildProcess, free_ports, stop_pids
 
 #: the checkout this module belongs to (editable install): where scripts/ is
 REPO = Path(__file__).resolve().parents[2]
@@ -613,18 +612,6 @@ def _pid_is_up(pid: int) -> bool:
     return state != "Z" and any(a.endswith(up_script) for a in args) and b"up" in args
 
 
-def _stop_pid(pid: int, grace: float) -> None:
-    """SIGTERM a process that is not our child; SIGKILL after `grace` seconds."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    end = time.monotonic() + grace
-    while time.monotonic() < end and Path(f"/proc/{pid}").exists():
-        time.sleep(0.1)
-    if Path(f"/proc/{pid}").exists():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 def stop_dir(dir: Path, grace: float = STOP_GRACE) -> list[str]:
     """Stop the processes listed in DIR/env.json (checking each pid still runs
     that binary); return the names stopped."""
@@ -640,6 +627,6 @@ def stop_dir(dir: Path, grace: float = STOP_GRACE) -> list[str]:
         stopped.append(f"{UP_SCRIPT} up")
     pids: dict[str, int] = {k: v for k, v in (state.get("pids") or {}).items() if v}
     live = [(n, p) for n, p in reversed(list(pids.items())) if pid_is(p, n)]
-    for _name, pid in live:
-        _stop_pid(pid, grace)
+    for _name, pid in live:  # one at a time, in reverse start order
+        stop_pids([pid], grace)
     return stopped + [n for n, _ in live]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from fedkube.errors import ServiceUnavailable
-from fedkube.process import ChildProcess, free_ports, stop_all
+from fedkube.process import (
+    ChildProcess,
+    free_ports,
+    is_zombie,
+    stop_all,
+    stop_pids,
+    wait_gone,
+)
 
 
 def python(tmp: Path, name: str, code: str, **kw: object) -> ChildProcess:
@@ -129,3 +137,27 @@ def test_free_ports_are_distinct_and_bindable() -> None:
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_stop_pids_terms_then_kills_what_ignores_sigterm_and_counts_zombies_as_gone() -> None:
+    """Processes stopped by pid alone (the cluster's, recorded in a state file): the
+    polite one goes on SIGTERM, the stubborn one on SIGKILL after the grace; an
+    exited child not yet reaped (a zombie) counts as gone, not as running."""
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c",
+         "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+         "print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == "ready\n"
+    pids = [polite.pid, stubborn.pid]
+    assert not any(is_zombie(p) for p in pids)
+    assert not wait_gone(pids, 0.2)
+    t0 = time.monotonic()
+    stop_pids(pids, grace=1.0)
+    assert time.monotonic() - t0 >= 1.0  # the stubborn one outlived the grace
+    assert all(is_zombie(p) for p in pids)  # exited; our children, so not yet reaped
+    assert polite.wait(5) == -signal.SIGTERM
+    assert stubborn.wait(5) == -signal.SIGKILL
+    assert is_zombie(polite.pid)  # reaped now: gone counts too
