@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
@@ -18,6 +19,11 @@ from fedkube.process import ChildProcess
 
 #: how long a server may take to serve, in seconds
 START_TIMEOUT = 60.0
+
+
+def log_stderr(msg: str) -> None:
+    """The default `log` of the environments: a progress line on stderr."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def cache_dir() -> Path:

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from fedkube.devenv import k8s, netns
-from fedkube.devenv.base import cache_dir
+from fedkube.devenv.base import cache_dir, log_stderr
 from fedkube.devenv.images import (
     BASE_IMAGE,
     CLIENT_IMAGE,
@@ -78,7 +78,6 @@ from fedkube.devenv.images import (
     ImageBuilder,
     Log,
     Timer,
-    log_stderr,
 )
 from fedkube.errors import ServiceUnavailable
 from fedkube.process import ChildProcess, is_zombie, kill_pids, stop_all, stop_pids, wait_gone
@@ -208,7 +207,7 @@ def _need_binaries(directory: Path, names: Sequence[str]) -> None:
 def cached_paths() -> Paths:
     """The binaries' directories (not checked), without building anything."""
     return Paths(
-        k8s_bin=cache_dir() / "k8s" / K8S_VERSION / "bin",
+        k8s_bin=k8s.cached_bin_dir(),
         node_bin=cache_dir() / "node" / "bin",
     )
 

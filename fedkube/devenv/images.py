@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedkube import __version__
-from fedkube.devenv.base import cache_dir
+from fedkube.devenv.base import cache_dir, log_stderr
 from fedkube.errors import ServiceUnavailable
 from fedkube.process import read_tail
 
@@ -83,10 +83,6 @@ ALWAYS_IGNORED = (
     "**/.ruff_cache",
     "**/.pytest_cache",
 )
-
-
-def log_stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 class Timer:

@@ -39,7 +39,6 @@ import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -49,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedkube.devenv.base import cache_dir
+from fedkube.devenv.base import cache_dir, log_stderr
 from fedkube.errors import ServiceUnavailable
 from fedkube.process import ChildProcess, free_ports, stop_pids
 
@@ -73,20 +72,21 @@ PORT_NAMES = ("etcd", "etcd_peer", "apiserver", "controller_manager")
 UP_SCRIPT = "k8s_env.py"
 
 
-def _log_default(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def cached_bin_dir() -> Path:
+    """Where scripts/build_k8s.sh puts the binaries of K8S_VERSION (not checked)."""
+    return cache_dir() / "k8s" / K8S_VERSION / "bin"
 
 
 # ---- binaries
 
 
-def bin_dir(*, build: bool = True, log: Callable[[str], None] = _log_default) -> Path:
+def bin_dir(*, build: bool = True, log: Callable[[str], None] = log_stderr) -> Path:
     """The directory with etcd, kube-apiserver, kube-controller-manager, kubectl.
 
     Runs scripts/build_k8s.sh (about a second when cached; minutes the first
     time) unless ``build`` is false, in which case only the cache is looked at.
     """
-    cached = cache_dir() / "k8s" / K8S_VERSION / "bin"
+    cached = cached_bin_dir()
     have_all = all(os.access(cached / b, os.X_OK) for b in BINARIES)
     if not build:
         if have_all:
@@ -379,7 +379,7 @@ def start(
     dir: Path | None = None,
     *,
     timeout: float = START_TIMEOUT,
-    log: Callable[[str], None] = _log_default,
+    log: Callable[[str], None] = log_stderr,
     build: bool = True,
 ) -> K8sEnv:
     """Start etcd, kube-apiserver and kube-controller-manager; return when a
