@@ -819,12 +819,12 @@ def _node_pki(pki: Path) -> None:
     """kubelet-client.pem/.key: the apiserver's client certificate for the kubelet
     (logs, exec), group system:masters."""
     ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
-    k8s._openssl(
+    k8s.openssl(
         f"req -new {ec} -keyout kubelet-client.key -out kubelet-client.csr -config openssl.cnf"
         " -subj /O=system:masters/CN=kube-apiserver-kubelet-client",
         cwd=pki,
     )
-    k8s._openssl(
+    k8s.openssl(
         "x509 -req -in kubelet-client.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
         " -out kubelet-client.pem -days 30 -extfile openssl.cnf -extensions server",
         cwd=pki,

@@ -156,7 +156,7 @@ IP.2 = 10.96.0.1
 """
 
 
-def _openssl(args: str, *, cwd: Path) -> None:
+def openssl(args: str, *, cwd: Path) -> None:
     """Run ``openssl ARGS`` (words separated by spaces) in `cwd`."""
     proc = subprocess.run(["openssl", *args.split()], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -174,23 +174,23 @@ def make_pki(pki: Path, extra_ips: Sequence[str] = ()) -> None:
     extra = "".join(f"IP.{i} = {ip}\n" for i, ip in enumerate(extra_ips, start=3))
     (pki / "openssl.cnf").write_text(_OPENSSL_CONF + extra)
     ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
-    _openssl(
+    openssl(
         f"req -x509 {ec} -keyout ca.key -out ca.pem -days 30 -config openssl.cnf"
         " -extensions ca -subj /CN=fedkube-test-ca",
         cwd=pki,
     )
-    _openssl(
+    openssl(
         f"req -new {ec} -keyout server.key -out server.csr -config openssl.cnf"
         " -subj /CN=kube-apiserver",
         cwd=pki,
     )
-    _openssl(
+    openssl(
         "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem"
         " -days 30 -extfile openssl.cnf -extensions server",
         cwd=pki,
     )
-    _openssl("genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key", cwd=pki)
-    _openssl("pkey -in sa.key -pubout -out sa.pub", cwd=pki)
+    openssl("genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key", cwd=pki)
+    openssl("pkey -in sa.key -pubout -out sa.pub", cwd=pki)
     for p in pki.glob("*.key"):
         p.chmod(0o600)
 

@@ -7,7 +7,6 @@ credentials, round Events)."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 
 import pytest
@@ -23,7 +22,7 @@ from tests.support.fedjobs import (
     without_jobs,
 )
 from tests.support.k8s import kube_path
-from tests.support.release import Release
+from tests.support.release import Release, secret_data
 
 pytestmark = pytest.mark.slow
 
@@ -45,11 +44,6 @@ def _pods(release: Release, ns: str, component: str) -> dict[str, dict]:  # type
     return {p["metadata"]["name"]: p for p in pods}
 
 
-def _secret_data(release: Release, ns: str, name: str) -> dict[str, str]:
-    data = release.k8s.api.get(kube_path("secrets", ns, name)).get("data") or {}
-    return {k: base64.b64decode(v).decode() for k, v in data.items()}
-
-
 def test_reducer_combiner_and_operator_deleted_mid_job(release: Release, job_ns: str) -> None:
     ns, k = job_ns, release.k8s
     config = {**linear_job()["spec"]["train"]["config"], "sleep": 3}
@@ -68,8 +62,8 @@ def test_reducer_combiner_and_operator_deleted_mid_job(release: Release, job_ns:
         k.kubectl("delete", "pod", "linear-combiner-0", "--wait=false", namespace=ns)
         # the operator, while round 5 trains
         wait_round_running(state, key, 5)
-        tokens_before = _secret_data(release, ns, "linear-client-tokens")
-        reducer_token_before = _secret_data(release, ns, "linear-tokens")
+        tokens_before = secret_data(k, ns, "linear-client-tokens")
+        reducer_token_before = secret_data(k, ns, "linear-tokens")
         op = release.pod("operator")
         k.kubectl("delete", "pod", op, "--wait=false", namespace=release.namespace)
 
@@ -97,8 +91,8 @@ def test_reducer_combiner_and_operator_deleted_mid_job(release: Release, job_ns:
 
         # the operator's restart duplicated nothing
         assert release.pod("operator") != op
-        assert _secret_data(release, ns, "linear-client-tokens") == tokens_before
-        assert _secret_data(release, ns, "linear-tokens") == reducer_token_before
+        assert secret_data(k, ns, "linear-client-tokens") == tokens_before
+        assert secret_data(k, ns, "linear-tokens") == reducer_token_before
         creds = [c for c in state.list_credentials(key) if c.revoked_at is None]
         assert sorted(c.client for c in creds) == sorted(clients), creds
         events = k.kubectl_json(

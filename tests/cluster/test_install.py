@@ -7,14 +7,11 @@ no more (real requests with its own token, not `can-i` guesses)."""
 from __future__ import annotations
 
 import json
-import ssl
-import urllib.error
 import urllib.request
-from typing import Any
 
 import pytest
 
-from fedkube.devenv import images
+from fedkube.devenv import images, k8s
 from tests.support.k8s import kube_path
 from tests.support.release import JOB_NAMESPACES, RELEASE, Release
 
@@ -28,22 +25,11 @@ EXPECTED_IMAGES = {
 }
 
 
-def _pods(release: Release, component: str) -> list[dict[str, Any]]:
-    return [
-        p
-        for p in release.k8s.api.list(
-            kube_path("pods", release.namespace),
-            labelSelector=f"app.kubernetes.io/component={component}",
-        )
-        if not p["metadata"].get("deletionTimestamp")
-    ]
-
-
 @pytest.mark.parametrize("component", sorted(EXPECTED_IMAGES))
 def test_every_pod_of_the_release_is_ready_from_the_projects_images(
     release: Release, component: str
 ) -> None:
-    pods = _pods(release, component)
+    pods = release.pods(component)
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
     pod = pods[0]
     conds = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
@@ -65,7 +51,7 @@ def test_every_pod_of_the_release_is_ready_from_the_projects_images(
 def test_the_operator_runs_as_the_charts_service_account_and_serves_only_its_namespaces(
     release: Release,
 ) -> None:
-    (pod,) = _pods(release, "operator")
+    (pod,) = release.pods("operator")
     assert pod["spec"]["serviceAccountName"] == f"{RELEASE}-operator"
     args = pod["spec"]["containers"][0]["args"]
     served = [args[i + 1] for i, a in enumerate(args) if a == "--namespace"]
@@ -78,14 +64,8 @@ def test_the_operator_runs_as_the_charts_service_account_and_serves_only_its_nam
 
 def _as(release: Release, token: str, path: str) -> int:
     """The HTTP status of GET `path` with `token` (the apiserver, through the forwarder)."""
-    req = urllib.request.Request(release.cluster.env.server + path)
-    req.add_header("Authorization", f"Bearer {token}")
-    ctx = ssl.create_default_context(cafile=str(release.cluster.env.ca_file))
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+    env = release.cluster.env
+    return k8s.api_request(env.server + path, token, env.ssl_context())[0]
 
 
 def _service_account_token(release: Release, name: str) -> str:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,13 +117,18 @@ class Release:
             create_bucket=False,
         )
 
-    def pod(self, component: str, namespace: str | None = None) -> str:
-        """The name of the (first) running pod of a component of the release."""
+    def pods(self, component: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The pods of a component (of the release, or of the jobs in `namespace`) that
+        are not being deleted."""
         pods = self.k8s.api.list(
             kube_path("pods", namespace or self.namespace),
             labelSelector=f"app.kubernetes.io/component={component}",
         )
-        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    def pod(self, component: str, namespace: str | None = None) -> str:
+        """The name of the (first) running pod of a component of the release."""
+        live = self.pods(component, namespace)
         assert live, f"no {component} pod"
         return str(live[0]["metadata"]["name"])
 
@@ -150,7 +156,8 @@ def helm(
     return proc
 
 
-def _secret(k: K8s, ns: str, name: str) -> dict[str, str]:
+def secret_data(k: K8s, ns: str, name: str) -> dict[str, str]:
+    """The decoded data of a Secret."""
     data = k.api.get(kube_path("secrets", ns, name)).get("data") or {}
     return {key: base64.b64decode(v).decode() for key, v in data.items()}
 
@@ -190,8 +197,8 @@ def install(cluster: TestCluster, workdir: Path) -> Release:
             f"the default ServiceAccount in {ns}",
         )
     ns = RELEASE_NAMESPACE
-    s3 = _secret(k, ns, f"{RELEASE}-s3-credentials")
-    mongo_uri = _secret(k, ns, f"{RELEASE}-mongodb")["uri"]
+    s3 = secret_data(k, ns, f"{RELEASE}-s3-credentials")
+    mongo_uri = secret_data(k, ns, f"{RELEASE}-mongodb")["uri"]
     s3_svc = k.api.get(kube_path("services", ns, f"{RELEASE}-s3"))
     mongo_svc = k.api.get(kube_path("services", ns, f"{RELEASE}-mongodb"))
     return Release(
