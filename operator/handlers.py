@@ -383,7 +383,10 @@ async def sync_status(
             reason=EventReason.ROUND_COMPLETED,
             message=f"round {new['completedRounds']}/{job.spec.rounds} committed {metric}".strip(),
         )
-    await _maybe_expire(rt, body, job, new, logger)
+    # from the status an earlier sync published, never the one being patched now: a
+    # job that finished more than ttl seconds before this sync would otherwise be
+    # deleted before anyone (kubectl wait, a CI script) could see its final phase
+    await _maybe_expire(rt, body, job, old, logger)
 
 
 async def _maybe_expire(
@@ -393,6 +396,8 @@ async def _maybe_expire(
     status: dict[str, Any],
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
+    """Delete the job once `status` (as published) is terminal and
+    ttlSecondsAfterFinished have passed since its completionTime."""
     ttl = job.spec.ttl_seconds_after_finished
     done = status.get("completionTime")
     if ttl is None or status.get("phase") not in TERMINAL_PHASES or not done:

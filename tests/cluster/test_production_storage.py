@@ -61,10 +61,12 @@ def test_readme_production_storage(release: Release, prod: Shell) -> None:
     names = {d["metadata"]["name"] for d in k.api.list(kube_path("deployments", RELEASE_NAMESPACE))}
     assert f"{PROD}-s3" not in names and f"{PROD}-dashboard" not in names, names
 
-    k.apply(linear_job(rounds=2, ttlSecondsAfterFinished=5), NS)
+    # a TTL of 0: the final phase is still published (for one status sync) before the
+    # job goes, or this wait could never see it
+    k.apply(linear_job(rounds=2, ttlSecondsAfterFinished=0), NS)
     key = wait_job_key(release, NS, "linear")
-    st = wait_finished(release, NS, "linear")
-    assert st["phase"] == "Succeeded", f"{st}{diagnostics(release, NS)}"
+    st = wait_finished(release, NS, "linear", operator=PROD)
+    assert st["phase"] == "Succeeded", f"{st}{diagnostics(release, NS, PROD)}"
     # the job named no storage: the pods got the release's, copied into linear-storage
     storage = k.api.get(kube_path("secrets", NS, "linear-storage"))
     assert set(storage["data"]) >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}

@@ -27,7 +27,7 @@ from fedkube.store import model_key
 from fedkube.task import TaskContext
 from fedkube.vocabulary import AssignmentStatus, AttemptStatus
 from tests.support.k8s import kube_path, wait_for
-from tests.support.release import REPO, Release
+from tests.support.release import RELEASE, REPO, Release
 
 LINEAR = REPO / "examples" / "linear"
 LINEAR_JOB = LINEAR / "job.yaml"
@@ -65,14 +65,20 @@ def status(release: Release, ns: str, name: str) -> dict[str, Any]:
     return dict((fedjob(release, ns, name) or {}).get("status") or {})
 
 
-def diagnostics(release: Release, ns: str) -> str:
-    """What a failing assertion should show: the pods, the operator's and the
-    reducer's log tails."""
+def diagnostics(release: Release, ns: str, operator: str = RELEASE) -> str:
+    """What a failing assertion should show: the pods, the log tails of the operator
+    (of release `operator`) and of the reducer, and the job's Events."""
     k = release.k8s
     pods = k.kubectl("get", "pods", "-o", "wide", namespace=ns, check=False).stdout
+    events = k.kubectl(
+        "get", "events", "--sort-by=.lastTimestamp", namespace=ns, check=False
+    ).stdout
+    op_log = release.logs("operator", tail=40, instance=operator)
+    op_log = "\n".join(line for line in op_log.splitlines() if "GET /healthz" not in line)
     return (
         f"\n--- pods in {ns}\n{pods}"
-        f"\n--- operator\n{release.logs('operator', tail=40)}"
+        f"\n--- events in {ns}\n{events[-3000:]}"
+        f"\n--- operator ({operator})\n{op_log}"
         f"\n--- reducer\n{release.logs('reducer', ns, tail=60)}"
     )
 
@@ -87,9 +93,12 @@ def wait_job_key(release: Release, ns: str, name: str, timeout: float = 90) -> s
     )
 
 
-def wait_finished(release: Release, ns: str, name: str, timeout: float = 300) -> dict[str, Any]:
+def wait_finished(
+    release: Release, ns: str, name: str, timeout: float = 300, operator: str = RELEASE
+) -> dict[str, Any]:
     """The status once the job is Succeeded or Failed (AssertionError with the pods
-    and logs when it is neither after `timeout`)."""
+    and logs when it is neither after `timeout`; `operator` is the release serving
+    `ns`)."""
     try:
         wait_for(
             lambda: status(release, ns, name).get("phase") in TERMINAL,
@@ -99,7 +108,7 @@ def wait_finished(release: Release, ns: str, name: str, timeout: float = 300) ->
         )
     except AssertionError as exc:
         raise AssertionError(
-            f"{exc}\nstatus: {status(release, ns, name)}{diagnostics(release, ns)}"
+            f"{exc}\nstatus: {status(release, ns, name)}{diagnostics(release, ns, operator)}"
         ) from None
     return status(release, ns, name)
 

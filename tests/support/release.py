@@ -117,25 +117,38 @@ class Release:
             create_bucket=False,
         )
 
-    def pods(self, component: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        """The pods of a component (of the release, or of the jobs in `namespace`) that
-        are not being deleted."""
+    def pods(
+        self, component: str, namespace: str | None = None, instance: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The pods of a component that are not being deleted: of this release (or of
+        release `instance` beside it), or of the jobs in `namespace` (of job `instance`
+        only, when given)."""
+        selector = f"app.kubernetes.io/component={component}"
+        if instance is None and namespace in (None, self.namespace):
+            instance = RELEASE
+        if instance is not None:
+            selector += f",app.kubernetes.io/instance={instance}"
         pods = self.k8s.api.list(
-            kube_path("pods", namespace or self.namespace),
-            labelSelector=f"app.kubernetes.io/component={component}",
+            kube_path("pods", namespace or self.namespace), labelSelector=selector
         )
         return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
-    def pod(self, component: str, namespace: str | None = None) -> str:
-        """The name of the (first) running pod of a component of the release."""
-        live = self.pods(component, namespace)
+    def pod(self, component: str, namespace: str | None = None, instance: str | None = None) -> str:
+        """The name of the (first) running pod of a component (as `pods` selects)."""
+        live = self.pods(component, namespace, instance)
         assert live, f"no {component} pod"
         return str(live[0]["metadata"]["name"])
 
-    def logs(self, component: str, namespace: str | None = None, tail: int = 80) -> str:
+    def logs(
+        self,
+        component: str,
+        namespace: str | None = None,
+        tail: int = 80,
+        instance: str | None = None,
+    ) -> str:
         ns = namespace or self.namespace
         with contextlib.suppress(Exception):
-            name = self.pod(component, ns)
+            name = self.pod(component, ns, instance)
             return self.k8s.kubectl(
                 "logs", name, f"--tail={tail}", namespace=ns, check=False
             ).stdout
