@@ -23,9 +23,9 @@ import grpc
 
 from fedkube.client.runner import TaskRunner, task_timeout
 from fedkube.client.transfer import DefaultTransport, Transport, private_copy
+from fedkube.digest import file_digest
 from fedkube.errors import AuthError
 from fedkube.logs import get_logger
-from fedkube.model import sha256_file
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
 from fedkube.rpc import ClientTLS, bearer, open_channel
@@ -270,7 +270,7 @@ class ClientRuntime:
         try:
             produce(upd, out)
             upd.size = out.stat().st_size
-            upd.sha256 = sha256_file(out)
+            upd.digest = file_digest(out)
             self.transport.upload(out, task.upload)
         except Exception as exc:
             self.log.error(f"{what} failed", round=task.round, error=str(exc), exc_info=True)

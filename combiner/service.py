@@ -33,15 +33,13 @@ from fedkube.aggregate import make_aggregator
 from fedkube.aggregate.base import Aggregator
 from fedkube.combiner.auth import ClientAuth, RefusalLog, peer_host
 from fedkube.combiner.telemetry import CombinerTelemetry
-from fedkube.combiner.verify import check_report, open_update
+from fedkube.combiner.verify import check_report, read_update
+from fedkube.digest import UPDATE_ALGORITHM, format_digest
 from fedkube.errors import FedkubeError, UpdateRejected
 from fedkube.identity import Credential, Credentials
+from fedkube.ingest import ChunkBuffer
 from fedkube.logs import Logger, get_logger
-from fedkube.model import (
-    ModelHeader,
-    read_header,
-    save_model,
-)
+from fedkube.model import ModelHeader, save_model
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
 from fedkube.rpc import token_ok
@@ -203,6 +201,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         self.clients: dict[str, ConnectedClient] = {}
         self.run: RoundRun | None = None
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="aggregate")
+        self._chunk = ChunkBuffer()  # the aggregate thread's read buffer (one: one thread)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="state")
         self._events = ThreadPoolExecutor(1, thread_name_prefix="events")
         self._creds_io = ThreadPoolExecutor(1, thread_name_prefix="credentials")
@@ -335,6 +334,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         for c in self.clients.values():
             c.queue.put_nowait(None)
         self._cpu.shutdown(wait=False, cancel_futures=True)
+        self._chunk.close(wait=False)
         self._io.shutdown(wait=True)
         self._events.shutdown(wait=True)
         self._creds_io.shutdown(wait=False, cancel_futures=True)
@@ -505,9 +505,9 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             check_report(request.num_examples, dict(request.metrics))
             a.weight = self._weight(run, request)
             if init:
-                await self._cpu_call(self._check_seed, run, request)
+                digest = await self._cpu_call(self._check_seed, run, request)
             else:
-                await self._cpu_call(self._aggregate, run, request, a.weight)
+                digest = await self._cpu_call(self._aggregate, run, request, a.weight)
         except UpdateRejected as rej:
             return await self._rejected(run, a, request, rej, log)
         except Exception as exc:  # storage failure etc.: the client is not at fault
@@ -539,7 +539,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             received=run.count(AssignmentStatus.ACCEPTED),
             selected=len(run.assignments),
         )
-        await self._record(run, a, request.sha256)
+        await self._record(run, a, digest)
         return pb.Ack(accepted=True)
 
     def _weight(self, run: RoundRun, request: pb.Update | pb.Validation) -> float:
@@ -603,7 +603,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             client=request.client_id,
         )
 
-    def _update_record(self, run: RoundRun, a: Assignment, sha: str = "") -> UpdateRecord | None:
+    def _update_record(self, run: RoundRun, a: Assignment, digest: str = "") -> UpdateRecord | None:
         """The settled train or init task as the client's UpdateRecord (None for a
         validate task: validation reports are no updates)."""
         if run.plan.kind == pb.TASK_KIND_VALIDATE:
@@ -618,15 +618,16 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             num_examples=a.num_examples,
             weight=a.weight if a.status == AssignmentStatus.ACCEPTED else 0.0,
             reason=a.reason or "",
-            sha256=sha,
+            digest=digest,
             at=time.time(),
             train_s=a.train_s,
             message=a.message,
         )
 
-    async def _record(self, run: RoundRun, a: Assignment, sha: str = "") -> None:
-        """Write the settled assignment's UpdateRecord (status, reason, message)."""
-        rec = self._update_record(run, a, sha)
+    async def _record(self, run: RoundRun, a: Assignment, digest: str = "") -> None:
+        """Write the settled assignment's UpdateRecord (status, reason, message, and the
+        digest of an accepted file)."""
+        rec = self._update_record(run, a, digest)
         if rec is not None:
             await self._io_call(self.state.record_update, rec)
 
@@ -649,53 +650,45 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         if c is not None and c.busy == task_id:
             c.busy = None
 
-    def _check_seed(self, run: RoundRun, req: pb.Update) -> None:
-        """Check a seed model a client created for an init task (worker thread)."""
+    def _check_seed(self, run: RoundRun, req: pb.Update) -> str:
+        """Check a seed model a client created for an init task, in one read (worker
+        thread); return its digest."""
         key = run.plan.model_key
-        tmp = self.workdir / f"seed-{run.plan.attempt}.safetensors"
         try:
-            if self.store.local_path(key) is None and not self.store.exists(key):
-                raise UpdateRejected(Reason.MISSING, "the seed model was not uploaded")
-            path = self.store.fetch(key, tmp)
-            open_update(path, None, max_bytes=run.plan.max_bytes, sha256=req.sha256 or None).close()
+            return read_update(
+                self.store,
+                key,
+                None,
+                max_bytes=run.plan.max_bytes,
+                digest=req.digest or None,
+                buffer=self._chunk,
+            ).digest
         except UpdateRejected:
             self.store.delete(key)  # never leave a bad seed where the reducer looks
             raise
-        finally:
-            tmp.unlink(missing_ok=True)
 
-    def _aggregate(self, run: RoundRun, req: pb.Update, weight: float) -> None:
-        """Fetch, check and fold one update into the running sum (worker thread)."""
-        if run.cancelled or run.aggregator is None or run.template is None:
+    def _aggregate(self, run: RoundRun, req: pb.Update, weight: float) -> str:
+        """Read, check and fold one update into the running sum in one pass (worker
+        thread); return its digest. A rejected update leaves the sum as it was."""
+        aggregator, template = run.aggregator, run.template
+        if run.cancelled or aggregator is None or template is None:
             raise UpdateRejected(Reason.PAST_ROUND, "the round was cancelled")
         key = update_key(self.job.key, run.plan.round, run.plan.attempt, req.client_id)
         t0 = time.perf_counter()
-        assert run.workdir is not None
-        tmp = run.workdir / f"{req.client_id}.safetensors"
         try:
-            if self.store.local_path(key) is None:
-                # Refuse before downloading what is missing or too large.
-                if not self.store.exists(key):
-                    raise UpdateRejected(Reason.MISSING, "the update file was not uploaded")
-                size = self.store.size(key)
-                if size > run.plan.max_bytes:
-                    raise UpdateRejected(
-                        Reason.TOO_LARGE,
-                        f"update is {size} bytes, over the limit of {run.plan.max_bytes} bytes",
-                    )
-            path = self.store.fetch(key, tmp)
-            with contextlib.suppress(OSError):
-                self.telemetry.aggregate_bytes.inc(path.stat().st_size)
-            model = open_update(
-                path, run.template, max_bytes=run.plan.max_bytes, sha256=req.sha256 or None
+            got = read_update(
+                self.store,
+                key,
+                template,
+                max_bytes=run.plan.max_bytes,
+                digest=req.digest or None,
+                begin=lambda header: aggregator.begin(header, weight),
+                buffer=self._chunk,
             )
-            try:
-                run.aggregator.add(model, weight)
-            finally:
-                model.close()
+            self.telemetry.aggregate_bytes.inc(got.size)
             self.store.delete(key)  # accepted updates are folded in and dropped
+            return got.digest
         finally:
-            tmp.unlink(missing_ok=True)
             seconds = time.perf_counter() - t0
             run.agg_seconds += seconds
             self.telemetry.aggregate_seconds.observe(seconds)
@@ -884,8 +877,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
     def _prepare_train(self, run: RoundRun) -> None:
         """Read the global model's header (the template every update must match)."""
         run.workdir = Path(tempfile.mkdtemp(prefix=f"r{run.plan.round}-", dir=self.workdir))
-        global_model = self.store.fetch(run.plan.model_key, run.workdir / "global.safetensors")
-        run.template = read_header(global_model)
+        # ranged reads of the header only: the combiner never needs the model's values
+        run.template, _ = self.store.read_header(run.plan.model_key)
         run.aggregator = make_aggregator(
             self.job.spec.aggregator, run.template, spill_dir=run.workdir / "spill"
         )
@@ -1010,28 +1003,27 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             partial.key, partial.weight = plan.model_key, 1.0
         if plan.kind == pb.TASK_KIND_TRAIN and accepted:
             key = partial_key(plan.job, plan.round, plan.attempt, self.name)
-            weight = await self._cpu_call(self._write_partial, run, key)
+            partial.weight, partial.digest = await self._cpu_call(self._write_partial, run, key)
             partial.key = key
-            partial.weight = weight
         partial.timings["aggregate_s"] = run.agg_seconds
         partial.timings["round_s"] = time.monotonic() - run.started
         return partial
 
-    def _write_partial(self, run: RoundRun, key: str) -> float:
-        """Store the attempt's aggregate; return its weight in the reducer's merge:
-        fedavg the (capped) examples behind it, a robust aggregator the number of
-        updates (counted here, so no claim can outweigh another combiner)."""
+    def _write_partial(self, run: RoundRun, key: str) -> tuple[float, str]:
+        """Store the attempt's aggregate; return its weight in the reducer's merge
+        (fedavg: the (capped) examples behind it; a robust aggregator: the number of
+        updates, counted here, so no claim can outweigh another combiner) and the
+        digest of its file, which the reducer checks as it reads it."""
         assert run.aggregator is not None and run.workdir is not None
-        tensors = run.aggregator.result()
+        tensors = run.aggregator.result(consume=True)  # no second model-sized array
         weight = (
             run.aggregator.total_weight
             if self.job.spec.aggregator.name == "fedavg"
             else float(run.aggregator.n_updates)
         )
         path = run.workdir / "partial.safetensors"
-        save_model(
-            path, tensors, {"weight": repr(weight), "n_updates": str(run.aggregator.n_updates)}
-        )
+        meta = {"weight": repr(weight), "n_updates": str(run.aggregator.n_updates)}
+        hexdigest = save_model(path, tensors, meta, algorithm=UPDATE_ALGORITHM)
         self.store.put_file(key, path)
         path.unlink(missing_ok=True)
-        return weight
+        return weight, format_digest(UPDATE_ALGORITHM, hexdigest)

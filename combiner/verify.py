@@ -1,4 +1,4 @@
-"""Checks a client's report and its update file before the update is aggregated.
+"""Checks a client's report, and its update file as it is read and aggregated.
 
 Every failure raises UpdateRejected with a `fedkube.vocabulary.Reason` (also used
 in Ack.reason, update records and events) and a message naming the problem.
@@ -8,11 +8,13 @@ The file checks' reasons come from the `ModelFileError` they raise.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 
-from fedkube.errors import ModelFileError, UpdateRejected
-from fedkube.model import MappedModel, ModelHeader, check_compatible, check_finite, sha256_file
+from fedkube.aggregate.base import Pending
+from fedkube.errors import ModelFileError, ObjectNotFound, UpdateRejected
+from fedkube.ingest import ChunkBuffer, Ingested, ingest
+from fedkube.model import ModelHeader
+from fedkube.store import ObjectStore
 from fedkube.vocabulary import Reason
 
 
@@ -24,36 +26,34 @@ def check_report(num_examples: int, metrics: Mapping[str, float]) -> None:
             raise UpdateRejected(Reason.BAD_METRICS, f"metric {k!r} is not finite ({v})")
 
 
-def open_update(
-    path: str | Path,
+def read_update(
+    store: ObjectStore,
+    key: str,
     template: ModelHeader | None,
     *,
     max_bytes: int,
-    sha256: str | None = None,
-) -> MappedModel:
-    """Open and fully check an update file; the caller closes the returned model.
+    digest: str | None = None,
+    begin: Callable[[ModelHeader], Pending] | None = None,
+    buffer: ChunkBuffer | None = None,
+) -> Ingested:
+    """Read an update once from the store, checking it and (with `begin`) folding it
+    into an aggregator as it streams (`fedkube.ingest`). Raises UpdateRejected, after
+    which nothing of the update is folded; a storage failure raises StoreError.
 
     With `template` None (a seed model, which nothing precedes) the names,
     shapes and dtypes are not compared; every other check applies."""
-    p = Path(path)
-    if not p.exists():
-        raise UpdateRejected(Reason.MISSING, "the update file was not uploaded")
-    if sha256:
-        actual = sha256_file(p)
-        if actual != sha256:
-            raise UpdateRejected(
-                Reason.CHECKSUM,
-                f"sha256 mismatch: reported {sha256[:12]}..., file has {actual[:12]}...",
+    try:
+        with store.open_read(key) as r:
+            return ingest(
+                r,
+                r.size,
+                template=template,
+                begin=begin,
+                digest=digest,
+                max_bytes=max_bytes,
+                buffer=buffer,
             )
-    try:
-        model = MappedModel(p, max_bytes=max_bytes)
+    except ObjectNotFound:
+        raise UpdateRejected(Reason.MISSING, "the update file was not uploaded") from None
     except ModelFileError as exc:
         raise UpdateRejected.from_file_error(exc) from None
-    try:
-        if template is not None:
-            check_compatible(template, model.header)
-        check_finite(model)
-    except ModelFileError as exc:
-        model.close()
-        raise UpdateRejected.from_file_error(exc) from None
-    return model

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from fedkube.digest import MODEL_ALGORITHM, new_hasher
 from fedkube.errors import ModelFileError
 from fedkube.vocabulary import Reason
 
@@ -41,6 +42,8 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 }
 _CODES = {v: k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
+#: bytes a ranged read of a model's header fetches first (most headers fit in it)
+HEADER_PROBE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,15 @@ def _dtype_code(arr: np.ndarray) -> str:
 
 
 def save_model(
-    path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+    path: str | Path,
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    algorithm: str = MODEL_ALGORITHM,
 ) -> str:
-    """Write tensors to a safetensors file atomically; return its sha256 hex digest.
+    """Write tensors to a safetensors file atomically; return the hex digest of its
+    bytes by `algorithm` (`fedkube.digest`: sha256, a global model's lineage, by
+    default), computed while writing.
 
     Tensors are written in the mapping's order. The file appears under its name
     only when complete (write to a temporary name, fsync, rename).
@@ -123,7 +132,7 @@ def save_model(
     hbytes += b" " * (-len(hbytes) % 8)  # align the data section to 8 bytes
     # Unique per call (not only per process): threads may save the same path.
     tmp = p.with_name(f".{p.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    h = hashlib.sha256()
+    h = new_hasher(algorithm)
     try:
         with open(tmp, "wb") as f:
             for chunk in (struct.pack("<Q", len(hbytes)), hbytes):
@@ -161,30 +170,33 @@ def _entry(name: str, entry: object) -> tuple[str, tuple[int, ...], tuple[int, .
     raise ModelFileError(f"model file is corrupt: bad header entry for {name!r}")
 
 
-def read_header(path: str | Path, *, max_bytes: int | None = None) -> ModelHeader:
-    """Parse and check a safetensors header without reading the tensor data.
-
-    Raises ModelFileError for a file that is too large, truncated, not
-    safetensors, or whose offsets do not tile the data section exactly.
-    """
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise ModelFileError(f"cannot read model file {p.name}: {exc.strerror}") from None
+def check_size(size: int, max_bytes: int | None = None) -> None:
+    """ModelFileError unless a `size`-byte file can be a safetensors file within `max_bytes`."""
     if max_bytes is not None and size > max_bytes:
         raise ModelFileError(
             f"model file is {size} bytes, over the limit of {max_bytes} bytes", Reason.TOO_LARGE
         )
     if size < 8:
         raise ModelFileError(f"model file is corrupt: {size} bytes is too short for safetensors")
-    with open(p, "rb") as f:
-        (hlen,) = struct.unpack("<Q", f.read(8))
-        if hlen > min(_MAX_HEADER, size - 8):
-            raise ModelFileError(
-                f"model file is corrupt: header length {hlen} does not fit a {size}-byte file"
-            )
-        raw = f.read(hlen)
+
+
+def header_length(first8: bytes, size: int) -> int:
+    """The JSON header's length from a `size`-byte file's first 8 bytes (ModelFileError
+    when it cannot fit the file)."""
+    (hlen,) = struct.unpack("<Q", first8)
+    if hlen > min(_MAX_HEADER, size - 8):
+        raise ModelFileError(
+            f"model file is corrupt: header length {hlen} does not fit a {size}-byte file"
+        )
+    return int(hlen)
+
+
+def parse_header(raw: bytes, size: int) -> ModelHeader:
+    """Parse and check the JSON header `raw` (the bytes after the first 8) of a
+    `size`-byte safetensors file.
+
+    Raises ModelFileError for a header that is not safetensors, or whose offsets do
+    not tile the data section exactly."""
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -210,12 +222,30 @@ def read_header(path: str | Path, *, max_bytes: int | None = None) -> ModelHeade
         if t.start != pos:
             raise ModelFileError(f"model file is corrupt: tensor {t.name!r} offsets overlap or gap")
         pos = t.end
-    data_offset = 8 + hlen
+    data_offset = 8 + len(raw)
     if data_offset + pos != size:
         raise ModelFileError(
             f"model file is corrupt: header describes {data_offset + pos} bytes, file has {size}"
         )
     return ModelHeader(tuple(infos), data_offset, {str(k): str(v) for k, v in meta.items()})
+
+
+def read_header(path: str | Path, *, max_bytes: int | None = None) -> ModelHeader:
+    """Parse and check a safetensors header without reading the tensor data.
+
+    Raises ModelFileError for a file that is too large, truncated, not
+    safetensors, or whose offsets do not tile the data section exactly.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {p.name}: {exc.strerror}") from None
+    check_size(size, max_bytes)
+    with open(p, "rb") as f:
+        hlen = header_length(f.read(8), size)
+        raw = f.read(hlen)
+    return parse_header(raw, size)
 
 
 class MappedModel:

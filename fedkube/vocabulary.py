@@ -140,7 +140,7 @@ class Reason(StrEnum):
     # -- the file
     MISSING = "missing"  # nothing was uploaded
     TOO_LARGE = "too_large"  # over spec.model.maxBytes
-    CHECKSUM = "checksum"  # its sha256 is not the one reported
+    CHECKSUM = "checksum"  # its digest is not the one reported (or names no known hash)
     CORRUPT = "corrupt"  # not a well-formed safetensors file
     WRONG_NAMES = "wrong_names"  # tensor names differ from the global model's
     WRONG_SHAPE = "wrong_shape"

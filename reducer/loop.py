@@ -23,7 +23,7 @@ from fedkube.logs import Logger, get_logger
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.reducer.events import EventLog
 from fedkube.reducer.failure import AttemptFailed, Cause, cause_of
-from fedkube.reducer.merge import NamedPartial, StoredModel, merge_round
+from fedkube.reducer.merge import ModelCache, NamedPartial, StoredModel, merge_round
 from fedkube.reducer.plan import round_plan, weight_cap
 from fedkube.reducer.pool import CombinerPool, CombinerResult
 from fedkube.reducer.seed import SeedMaker
@@ -125,6 +125,7 @@ class Reducer:
         self._closed = threading.Event()
         self._liveness: threading.Thread | None = None
         cfg.workdir.mkdir(parents=True, exist_ok=True)
+        self.models = ModelCache(cfg.workdir / "models")
 
     def stop(self) -> None:
         self._stop.set()
@@ -430,9 +431,12 @@ class Reducer:
             self.store,
             round=r,
             attempt=attempt,
-            partials=[NamedPartial(name, p.key, p.weight, p.n_updates) for name, p in good],
+            partials=[
+                NamedPartial(name, p.key, p.weight, p.n_updates, p.digest) for name, p in good
+            ],
             workdir=self.cfg.workdir,
             base_sha256=base.sha256 if (base := self.state.get_model(self.name, r - 1)) else None,
+            cache=self.models,
         )
         # merge_round also wrote model r: that part is the commit's.
         at.merge_s = time.monotonic() - t2 - model.write_s

@@ -21,6 +21,7 @@ from fedkube.aggregate.partials import (
     PartialMerge,
     TrimmedMeanOfPartials,
     make_partial_merge,
+    partial_weight,
     weighted_median,
     weighted_trimmed_mean,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "make_aggregator",
     "make_partial_merge",
     "make_server_optimizer",
+    "partial_weight",
     "weighted_median",
     "weighted_trimmed_mean",
 ]
@@ -69,9 +71,10 @@ def make_aggregator(
     spec: AggregatorSpec, template: ModelHeader, *, spill_dir: Path | None = None
 ) -> Aggregator:
     """The aggregator for `spec` (``spec.aggregator`` of a job). `spill_dir` is for median
-    and trimmed mean, which spill every update to disk (see their modules)."""
+    and trimmed mean, which spill every update to disk (see their modules), and for
+    the undo log of the weighted mean (`fedkube.aggregate._undo`)."""
     if isinstance(spec, FedAvgAggregator):
-        return WeightedMean(template)
+        return WeightedMean(template, undo_dir=spill_dir)
     if isinstance(spec, MedianAggregator):
         return CoordinateMedian(template, spill_dir=spill_dir)
     if isinstance(spec, TrimmedMeanAggregator):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,3 +40,23 @@ def to_template_dtype(values: np.ndarray, info: TensorInfo) -> np.ndarray:
     if info.dtype in FLOAT_CODES:
         return values.astype(dt, copy=False)
     return np.rint(values).astype(dt)
+
+
+def segments(
+    header: ModelHeader, starts: list[int], offset: int, values: np.ndarray
+) -> Iterator[tuple[TensorInfo, int, np.ndarray]]:
+    """Split a chunk of an update (`values`, at byte `offset` of its data section) by
+    tensor: ``(tensor, first element, its part of values)``. `starts` are the tensors'
+    start offsets (`header.tensors` order, which is file order)."""
+    itemsize = values.dtype.itemsize
+    end = offset + values.nbytes
+    i = bisect.bisect_right(starts, offset) - 1
+    pos = offset
+    while pos < end:
+        t = header.tensors[i]
+        stop = min(t.end, end)
+        if stop > pos:
+            a = (pos - offset) // itemsize
+            yield t, (pos - t.start) // itemsize, values[a : a + (stop - pos) // itemsize]
+        pos = stop
+        i += 1

@@ -17,6 +17,7 @@ the spill directory.
 from __future__ import annotations
 
 import abc
+import os
 import shutil
 import tempfile
 import weakref
@@ -29,10 +30,11 @@ from fedkube.aggregate._common import (
     check_model,
     check_weight,
     numpy_dtype,
+    segments,
     to_template_dtype,
 )
-from fedkube.aggregate.base import Aggregator, Tensors
-from fedkube.model import MappedModel, ModelHeader
+from fedkube.aggregate.base import Aggregator, Pending, Tensors
+from fedkube.model import MappedModel, ModelHeader, check_compatible
 
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 _WRITE_CHUNK = 1 << 20  # elements converted at a time for non-F32 tensors
@@ -85,16 +87,24 @@ class SpillAggregator(Aggregator):
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        self._spilled(path, w)
+
+    def begin(self, header: ModelHeader, weight: float) -> Pending:
+        if not self._cleanup.alive:
+            raise ValueError("aggregator is closed")
+        return _SpillPending(self, header, check_weight(weight))
+
+    def _spilled(self, path: Path, weight: float) -> None:
         self._files.append(path)
         self.n_updates += 1
-        self.total_weight += w
+        self.total_weight += weight
 
     def chunk_size(self) -> int:
         """Coordinates reduced at a time for the current number of updates."""
         n = max(1, len(self._files))
         return max(1, self.chunk_bytes // (n * _F32.itemsize))
 
-    def result(self) -> Tensors:
+    def result(self, *, consume: bool = False) -> Tensors:
         if not self._cleanup.alive:
             raise ValueError("aggregator is closed")
         n = len(self._files)
@@ -136,3 +146,50 @@ class SpillAggregator(Aggregator):
     def close(self) -> None:
         self._files.clear()
         self._cleanup()
+
+
+class _SpillPending(Pending):
+    """A streamed update written, as float32 in template order, to a spill file of its
+    own; the file joins the aggregator on commit and is removed on abort."""
+
+    def __init__(self, agg: SpillAggregator, header: ModelHeader, weight: float) -> None:
+        check_compatible(agg.template, header)
+        self.agg = agg
+        self.weight = weight
+        self.header = header
+        self.starts = [t.start for t in header.tensors]
+        # element offset of every tensor in the template-ordered spill file
+        self.base: dict[str, int] = {}
+        pos = 0
+        for t in agg.template.tensors:
+            self.base[t.name] = pos
+            pos += t.numel
+        self.path = agg.spill_path / f"pending-{os.urandom(6).hex()}.f32"
+        self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.ftruncate(self.fd, pos * _F32.itemsize)
+
+    def fold(self, offset: int, values: np.ndarray) -> None:
+        if self.fd is None:
+            raise ValueError("this update was committed or aborted")
+        for t, first, part in segments(self.header, self.starts, offset, values):
+            data = part if part.dtype == _F32 else part.astype(_F32)
+            raw = data.data.cast("B")
+            at = (self.base[t.name] + first) * _F32.itemsize
+            done = 0
+            while done < len(raw):
+                done += os.pwrite(self.fd, raw[done:], at + done)
+
+    def commit(self) -> None:
+        if self.fd is None:
+            raise ValueError("this update was committed or aborted")
+        os.close(self.fd)
+        self.fd = None
+        final = self.agg.spill_path / f"update-{len(self.agg._files):06d}.f32"
+        os.replace(self.path, final)
+        self.agg._spilled(final, self.weight)
+
+    def abort(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            self.path.unlink(missing_ok=True)

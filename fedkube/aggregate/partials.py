@@ -82,6 +82,7 @@ __all__ = [
     "PartialMerge",
     "TrimmedMeanOfPartials",
     "make_partial_merge",
+    "partial_weight",
     "weighted_median",
     "weighted_trimmed_mean",
 ]
@@ -100,6 +101,17 @@ class Partial:
     model: MappedModel
     weight: float
     n_updates: int
+
+
+def partial_weight(name: str, weight: object) -> float:
+    """A partial's `weight` as a float; PartialError unless it is finite and >= 0."""
+    try:
+        w = float(weight)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        w = math.nan
+    if not (math.isfinite(w) and w >= 0.0):
+        raise PartialError(name, f"weight must be a finite number >= 0, got {weight!r}")
+    return w
 
 
 class PartialError(ValueError):
@@ -212,13 +224,7 @@ class PartialMerge(abc.ABC):
 
     def _weight(self, p: Partial) -> float:
         if self.weight_field == "weight":
-            try:
-                w = float(p.weight)
-            except (TypeError, ValueError):
-                w = math.nan
-            if not (math.isfinite(w) and w >= 0.0):
-                raise PartialError(p.name, f"weight must be a finite number >= 0, got {p.weight!r}")
-            return w
+            return partial_weight(p.name, p.weight)
         try:
             n = operator.index(p.n_updates)
         except TypeError:

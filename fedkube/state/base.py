@@ -29,7 +29,7 @@ from fedkube.vocabulary import AttemptStatus, ClientStatus, Phase
 #: 2 added client credentials, ``UpdateRecord.weight`` and ``JobRecord.reducer_seen_at``;
 #: 3 added ``UpdateRecord.train_s`` and ``UpdateRecord.message`` (for the dashboard).
 #: An older store is upgraded in place when opened.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: the MongoDB database of a store whose URI names none
 DEFAULT_DATABASE = "fedkube"
 
@@ -86,7 +86,8 @@ class UpdateRecord:
     status: str  # AssignmentStatus: accepted | rejected | failed
     num_examples: int = 0  # what the client claimed
     reason: str = ""
-    sha256: str = ""
+    #: "<algorithm>:<hex>" of an accepted file as the combiner read it (fedkube.digest)
+    digest: str = ""
     at: float = 0.0
     weight: float = 0.0  # what the update counted for (num_examples after spec.weights)
     #: seconds from the task's push to the client's report (the combiner's clock): the

@@ -347,9 +347,16 @@ class MongoStateStore(StateStore):
         dashboard reads: the rounds of the existing records are listed in
         legacy_rounds (they have no recent copies; read live until a later commit
         rolls them up) and the complete blocks of old events are archived.
+        Version 4 renamed UpdateRecord.sha256 to digest ("<algorithm>:<hex>").
         """
-        if version >= 3:
-            return
+        if version < 3:
+            self._upgrade_to_3()
+        if version < 4:
+            self._updates.update_many(
+                {"sha256": {"$exists": True}}, {"$rename": {"sha256": "digest"}}
+            )
+
+    def _upgrade_to_3(self) -> None:
         for g in self._updates.aggregate(
             [{"$group": {"_id": {"job": "$job", "round": "$round"}, "n": {"$sum": 1}}}]
         ):

@@ -101,7 +101,7 @@ CREATE TABLE IF NOT EXISTS updates (
     status TEXT NOT NULL,
     num_examples INTEGER NOT NULL DEFAULT 0,
     reason TEXT NOT NULL DEFAULT '',
-    sha256 TEXT NOT NULL DEFAULT '',
+    digest TEXT NOT NULL DEFAULT '',
     at REAL NOT NULL,
     weight REAL NOT NULL DEFAULT 0,
     train_s REAL NOT NULL DEFAULT 0,
@@ -190,6 +190,10 @@ def _migrate(c: sqlite3.Connection) -> None:
         have = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
         if column not in have:
             c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    # version 4: an update's file digest names its algorithm ("xxh3-128:..."), so the
+    # column is no longer sha256
+    if "sha256" in {row[1] for row in c.execute("PRAGMA table_info(updates)")}:
+        c.execute("ALTER TABLE updates RENAME COLUMN sha256 TO digest")
     c.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
@@ -480,7 +484,7 @@ class SqliteStateStore(StateStore):
         with self._tx() as c:
             cur = c.execute(
                 "INSERT OR IGNORE INTO updates (job, round, attempt, client, combiner, status,"
-                " num_examples, reason, sha256, at, weight, train_s, message)"
+                " num_examples, reason, digest, at, weight, train_s, message)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rec.job,
@@ -491,7 +495,7 @@ class SqliteStateStore(StateStore):
                     rec.status,
                     rec.num_examples,
                     rec.reason,
-                    rec.sha256,
+                    rec.digest,
                     rec.at or now(),
                     rec.weight,
                     rec.train_s,

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+from fedkube.model import (
+    HEADER_PROBE,
+    ModelHeader,
+    check_size,
+    header_length,
+    parse_header,
+)
 
 
 def model_key(job: str, round: int) -> str:
@@ -22,6 +32,41 @@ def partial_key(job: str, round: int, attempt: int, combiner: str) -> str:
 def optimizer_key(job: str, round: int) -> str:
     """Server optimizer state after `round`."""
     return f"jobs/{job}/optimizer/{round:06d}.safetensors"
+
+
+class ObjectReader(Protocol):
+    """An object's bytes as a stream (`ObjectStore.open_read`): read them into a buffer
+    of your own with `readinto` (0 at the end). `size` is the whole object's size."""
+
+    size: int
+
+    def readinto(self, buffer: memoryview, /) -> int: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> ObjectReader: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class Reader(abc.ABC):
+    """What the stores' readers share: `close`, and closing at the end of a `with`."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class ObjectStore(abc.ABC):
@@ -69,6 +114,29 @@ class ObjectStore(abc.ABC):
             os.unlink(tmp)
 
     @abc.abstractmethod
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> ObjectReader:
+        """A stream of the object's bytes from `offset` (`length` of them, or to the end),
+        with no temporary file; ObjectNotFound if missing. Close it (or use `with`)."""
+
+    @abc.abstractmethod
+    def version(self, key: str) -> str:
+        """A token that changes whenever the object is written again (S3: its ETag; a
+        local file: size, mtime and inode); ObjectNotFound if missing."""
+
+    def read_header(self, key: str, *, max_bytes: int | None = None) -> tuple[ModelHeader, int]:
+        """The header of a safetensors object and the object's size, from ranged reads
+        of its first bytes only (ModelFileError when it is not a valid model file)."""
+        with self.open_read(key, 0, HEADER_PROBE) as r:
+            size = r.size
+            check_size(size, max_bytes)
+            head = _read_upto(r, min(size, HEADER_PROBE))
+        hlen = header_length(head[:8], size)
+        if 8 + hlen > len(head):
+            with self.open_read(key, len(head), 8 + hlen - len(head)) as r:
+                head += _read_upto(r, 8 + hlen - len(head))
+        return parse_header(head[8 : 8 + hlen], size), size
+
+    @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove `key`; a missing key is not an error."""
 
@@ -104,3 +172,12 @@ class ObjectStore(abc.ABC):
             return local
         self.get_file(key, dest)
         return Path(dest)
+
+
+def _read_upto(reader: ObjectReader, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n and (k := reader.readinto(view[got:])):
+        got += k
+    return bytes(buf[:got])

@@ -12,10 +12,11 @@ import contextlib
 import os
 import shutil
 import uuid
+from io import FileIO
 from pathlib import Path
 
 from fedkube.errors import ObjectNotFound, StoreError
-from fedkube.store.base import ObjectStore
+from fedkube.store.base import ObjectStore, Reader
 
 #: prefix of in-flight temporary files (never a valid key part)
 TMP_PREFIX = ".fedkube-tmp-"
@@ -90,6 +91,26 @@ def atomic_copy(src: Path, dest: Path) -> None:
         raise
 
 
+class FileReader(Reader):
+    """`ObjectReader` over a file: unbuffered reads straight into the caller's buffer."""
+
+    def __init__(self, f: FileIO, size: int, offset: int, length: int | None) -> None:
+        self._f = f
+        self.size = size
+        self._left = max(0, size - offset) if length is None else max(0, min(length, size - offset))
+        f.seek(offset)
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        if self._left <= 0:
+            return 0
+        n = self._f.readinto(buffer[: self._left] if len(buffer) > self._left else buffer) or 0
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+
+
 class LocalObjectStore(ObjectStore):
     """Objects as files under a root directory; presigned "URLs" are file paths."""
 
@@ -149,6 +170,30 @@ class LocalObjectStore(ObjectStore):
             raise self._err(key, "get", exc) from exc
         except OSError as exc:
             raise self._err(key, "get", exc) from exc
+
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> FileReader:
+        p = self._path(key)
+        try:
+            f = open(p, "rb", buffering=0)  # noqa: SIM115 - the reader closes it
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise ObjectNotFound(f"{self.uri}: no object {key!r}") from exc
+        except OSError as exc:
+            raise self._err(key, "read", exc) from exc
+        try:
+            return FileReader(f, os.fstat(f.fileno()).st_size, offset, length)
+        except BaseException:
+            f.close()
+            raise
+
+    def version(self, key: str) -> str:
+        p = self._path(key)
+        try:
+            st = p.stat()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise ObjectNotFound(f"{self.uri}: no object {key!r}") from exc
+        except OSError as exc:
+            raise self._err(key, "stat", exc) from exc
+        return f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
 
     def delete(self, key: str) -> None:
         p = self._path(key)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import certifi
@@ -28,7 +28,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import check_bucket_name
 
 from fedkube.errors import FedkubeError, ObjectNotFound, StoreError
-from fedkube.store.base import ObjectStore
+from fedkube.store.base import ObjectStore, Reader
 from fedkube.store.local import TMP_PREFIX, validate_key, validate_prefix
 
 T = TypeVar("T")
@@ -120,6 +120,85 @@ def _is_transient(exc: BaseException) -> bool:
         code = getattr(exc, "_code", 0) or 0
         return isinstance(code, int) and (code >= 500 or code == 429)
     return False
+
+
+class S3Reader(Reader):
+    """`ObjectReader` over a GET response body, read straight into the caller's buffer.
+
+    A connection that breaks mid-object (a transient error) is resumed with a
+    ranged GET from the byte reached, up to the store's `retries` times; other
+    errors become StoreError naming the endpoint, bucket and key."""
+
+    def __init__(self, store: S3ObjectStore, key: str, offset: int, length: int | None) -> None:
+        self._store = store
+        self._key = key
+        self._pos = offset
+        self._resp: Any = None
+        self._retries = store.retries
+        self._left = -1 if length is None else length
+        self.size = 0
+        self._open()
+
+    def _open(self) -> None:
+        store, key = self._store, self._key
+        length = 0 if self._left < 0 else self._left
+        resp = store._op(
+            "get object",
+            key,
+            lambda: store._client.get_object(store.bucket, key, offset=self._pos, length=length),
+        )
+        self._resp = resp
+        total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+        if total.isdigit():
+            self.size = int(total)
+        elif self._pos == 0:
+            self.size = int(resp.headers.get("Content-Length") or 0)
+        # what this response carries: a range past the object's end is cut short
+        self._left = int(resp.headers.get("Content-Length") or 0)
+        # http.client's response reads into our buffer with no copy; urllib3's
+        # readinto reads into a new bytes object first (and would decode content)
+        fp = getattr(resp, "_fp", None)
+        plain = not resp.headers.get("Content-Encoding")
+        self._readinto = fp.readinto if plain and fp is not None else resp.readinto
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        if self._left <= 0:
+            return 0
+        view = buffer[: self._left] if len(buffer) > self._left else buffer
+        while True:
+            try:
+                n = self._readinto(view) or 0
+            except Exception as exc:
+                if self._retries > 0 and _is_transient(exc):
+                    self._retries -= 1
+                    self._drop()
+                    self._open()
+                    continue
+                raise self._store._map_error(exc, "read object", self._key) from exc
+            if n == 0:
+                raise StoreError(
+                    f"{self._store._where()}: object {self._key!r} ended {self._left} bytes "
+                    "early while reading it"
+                )
+            self._pos += n
+            self._left -= n
+            return n
+
+    def _drop(self) -> None:
+        if self._resp is not None:
+            with contextlib.suppress(Exception):
+                self._resp.close()
+            self._resp = None
+
+    def close(self) -> None:
+        if self._resp is None:
+            return
+        if self._left == 0:
+            with contextlib.suppress(Exception):
+                self._resp.release_conn()  # read to the end: the connection is reusable
+            self._resp = None
+        else:
+            self._drop()
 
 
 class S3ObjectStore(ObjectStore):
@@ -352,6 +431,21 @@ class S3ObjectStore(ObjectStore):
                 raise
 
         self._op("get object", key, get)
+
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> S3Reader:
+        validate_key(key)
+        if offset < 0 or (length is not None and length <= 0):
+            raise StoreError(f"cannot read object {key!r}: offset {offset}, length {length}")
+        return S3Reader(self, key, offset, length)
+
+    def version(self, key: str) -> str:
+        validate_key(key)
+
+        def etag() -> str:
+            stat = self._client.stat_object(self.bucket, key)
+            return f"{stat.etag}-{stat.version_id or ''}"
+
+        return self._op("stat object", key, etag)
 
     def delete(self, key: str) -> None:
         validate_key(key)

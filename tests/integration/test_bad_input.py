@@ -52,7 +52,7 @@ def start_round(comb: CombinerHarness) -> tuple[FakeClient, FakeClient, object, 
 
 def finish_with_good(comb, good, call, task) -> pb.Partial:
     sha = good.upload(task, good_update())
-    ack = good.report(task, num_examples=7, sha256=sha)
+    ack = good.report(task, num_examples=7, digest=sha)
     assert ack.accepted, ack
     partial = call.result()
     assert partial.n_updates == 1
@@ -104,7 +104,7 @@ def test_bad_tensors_are_rejected_and_round_unaffected(comb, case, caplog):
     caplog.set_level(logging.WARNING, logger="fedkube")
     good, bad, call, tg, tb = start_round(comb)
     sha = bad.upload(tb, BAD_TENSORS[case](good_update()))
-    ack = bad.report(tb, num_examples=1000, sha256=sha)
+    ack = bad.report(tb, num_examples=1000, digest=sha)
     expected_reason = case.removesuffix("_nan").removesuffix("_inf")
     assert not ack.accepted
     assert ack.reason == expected_reason, ack
@@ -147,15 +147,27 @@ def test_truncated_file_is_rejected(comb, tmp_path):
 def test_checksum_mismatch_is_rejected(comb):
     good, bad, call, tg, tb = start_round(comb)
     bad.upload(tb, good_update())
-    ack = bad.report(tb, num_examples=5, sha256="0" * 64)
+    ack = bad.report(tb, num_examples=5, digest="0" * 64)
     assert (ack.accepted, ack.reason) == (False, "checksum")
+    finish_with_good(comb, good, call, tg)
+
+
+@pytest.mark.parametrize(
+    "digest", ["xxh3-128:" + "0" * 32, "md5:" + "0" * 32, "xxh3-128:not-hex", "sha256:" + "0" * 64]
+)
+def test_digest_mismatch_or_unknown_algorithm_is_rejected(comb, digest):
+    good, bad, call, tg, tb = start_round(comb)
+    bad.upload(tb, good_update())
+    ack = bad.report(tb, num_examples=5, digest=digest)
+    assert (ack.accepted, ack.reason) == (False, "checksum")
+    assert "digest" in ack.message
     finish_with_good(comb, good, call, tg)
 
 
 def test_zero_examples_is_rejected(comb):
     good, bad, call, tg, tb = start_round(comb)
     sha = bad.upload(tb, good_update())
-    ack = bad.report(tb, num_examples=0, sha256=sha)
+    ack = bad.report(tb, num_examples=0, digest=sha)
     assert (ack.accepted, ack.reason) == (False, "bad_weight")
     finish_with_good(comb, good, call, tg)
 
@@ -170,9 +182,9 @@ def test_unknown_task_is_ignored(comb):
     rejected_event(comb, "bad")
     # The real task of the same client is still open and counts normally.
     sha = bad.upload(tb, good_update())
-    assert bad.report(tb, num_examples=3, sha256=sha).accepted
+    assert bad.report(tb, num_examples=3, digest=sha).accepted
     sha = good.upload(tg, good_update())
-    assert good.report(tg, num_examples=7, sha256=sha).accepted
+    assert good.report(tg, num_examples=7, digest=sha).accepted
     partial = call.result()
     assert partial.n_updates == 2 and partial.weight == 10
 
@@ -180,11 +192,11 @@ def test_unknown_task_is_ignored(comb):
 def test_duplicate_report_is_ignored_and_not_double_counted(comb):
     good, bad, call, tg, tb = start_round(comb)
     sha = bad.upload(tb, good_update())
-    assert bad.report(tb, num_examples=3, sha256=sha).accepted
-    again = bad.report(tb, num_examples=3, sha256=sha)
+    assert bad.report(tb, num_examples=3, digest=sha).accepted
+    again = bad.report(tb, num_examples=3, digest=sha)
     assert (again.accepted, again.reason) == (False, "duplicate")
     sha = good.upload(tg, good_update())
-    assert good.report(tg, num_examples=7, sha256=sha).accepted
+    assert good.report(tg, num_examples=7, digest=sha).accepted
     partial = call.result()
     assert partial.n_updates == 2
     assert partial.weight == 10  # 3 + 7, the duplicate counted nowhere
@@ -195,7 +207,7 @@ def test_duplicate_report_is_ignored_and_not_double_counted(comb):
 def test_report_for_past_round_is_ignored(comb):
     good, bad, call, tg, tb = start_round(comb)
     sha = good.upload(tg, good_update())
-    good.report(tg, num_examples=7, sha256=sha)
+    good.report(tg, num_examples=7, digest=sha)
     bad.report(tb, error="gave up")
     first = call.result()
     assert first.n_updates == 1
@@ -212,7 +224,7 @@ def test_report_for_past_round_is_ignored(comb):
     assert (late2.accepted, late2.reason) == (False, "past_round")
     for c, t, n in ((good, t2g, 2), (bad, t2b, 6)):
         sha = c.upload(t, good_update())
-        assert c.report(t, num_examples=n, sha256=sha).accepted
+        assert c.report(t, num_examples=n, digest=sha).accepted
     p2 = call2.result()
     assert (p2.n_updates, p2.weight) == (2, 8)
 
@@ -251,7 +263,7 @@ def test_report_with_wrong_token_is_refused(comb):
     sha = bad.upload(tb, good_update())
     bad.md = bearer("wrong-token")
     with pytest.raises(grpc.RpcError) as exc:
-        bad.report(tb, num_examples=5, sha256=sha)
+        bad.report(tb, num_examples=5, digest=sha)
     assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
     bad.md = bearer(comb.token_for("bad"))
     assert bad.report(tb, error="gave up").reason == "client_error"  # the task was still open

@@ -91,9 +91,9 @@ def test_impersonation_with_another_clients_credential_is_refused(comb):
     sha = alice.upload(task, good_update())
     impostor.md = bearer(comb.token_for("mallory"))
     with pytest.raises(grpc.RpcError) as exc:
-        impostor.report(task, num_examples=10**12, sha256=sha)
+        impostor.report(task, num_examples=10**12, digest=sha)
     assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert alice.report(task, num_examples=7, sha256=sha).accepted
+    assert alice.report(task, num_examples=7, digest=sha).accepted
     partial = call.result()
     assert list(partial.participants) == ["alice"] and partial.weight == 7
     eventually(lambda: events(comb, EventKind.IMPERSONATION), what="an Impersonation event")
@@ -110,7 +110,7 @@ def test_second_stream_for_a_connected_client_is_refused(comb):
     assert exc.value.code() == grpc.StatusCode.ALREADY_EXISTS
     call = comb.run_round(quota=1)
     task = alice.next_task()  # the first stream still gets the task
-    assert alice.report(task, num_examples=3, sha256=alice.upload(task, good_update())).accepted
+    assert alice.report(task, num_examples=3, digest=alice.upload(task, good_update())).accepted
     assert list(call.result().participants) == ["alice"]
     eventually(lambda: events(comb, EventKind.DUPLICATE_STREAM), what="a DuplicateStream event")
 
@@ -130,7 +130,7 @@ def test_revoking_one_client_closes_its_stream_only(comb):
     assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
     call = comb.run_round(quota=2)
     task = alice.next_task()
-    assert alice.report(task, num_examples=2, sha256=alice.upload(task, good_update())).accepted
+    assert alice.report(task, num_examples=2, digest=alice.upload(task, good_update())).accepted
     assert list(call.result().participants) == ["alice"]
 
 
@@ -420,3 +420,38 @@ def test_the_reducer_refuses_to_aggregate_against_a_changed_base(tmp_path):
     toy_task.scribble(str(committed))  # someone wrote into the committed model
     with pytest.raises(RoundFailed, match="changed after it was committed"):
         merge_round(job, store, base_sha256=sha, **{**kw, "attempt": 2})
+
+
+def test_the_reducer_reuses_the_model_it_wrote_until_the_stored_one_changes(tmp_path):
+    """Round r merges against the model round r - 1 wrote, from the reducer's own
+    disk (no download, no second hash), for as long as the stored object is the one
+    it wrote; a model changed in the store is fetched and refused as before."""
+    from fedkube.errors import RoundFailed
+    from fedkube.reducer.merge import ModelCache, NamedPartial, merge_round
+    from fedkube.store import partial_key
+
+    job = parse_job(toy_manifest(rounds=3))
+    store = open_object_store(f"file://{tmp_path / 'store'}")
+    fetched: list[str] = []
+    real_fetch = store.fetch
+    store.fetch = lambda key, dest: fetched.append(key) or real_fetch(key, dest)  # type: ignore[method-assign]
+    sha = save_model(base := tmp_path / "base.safetensors", toy_task.init())
+    store.put_file(model_key("toy", 0), base)
+    cache = ModelCache(tmp_path / "models")
+
+    def merge(r: int, base_sha: str, attempt: int = 1):
+        save_model(part := tmp_path / f"p{r}.safetensors", toy_task.init())
+        store.put_file(partial_key("toy", r, attempt, "c0"), part)
+        partials = [NamedPartial("c0", partial_key("toy", r, attempt, "c0"), 10.0, 1)]
+        return merge_round(job, store, round=r, attempt=attempt, partials=partials,
+                           workdir=tmp_path, base_sha256=base_sha, cache=cache)  # fmt: skip
+
+    first = merge(1, sha)
+    assert fetched == [model_key("toy", 0)]  # nothing kept yet: round 0 was downloaded
+    second = merge(2, first.sha256)
+    assert fetched == [model_key("toy", 0)]  # round 1 came from the cache
+    assert load_model(store.local_path(second.key)) is not None
+    toy_task.scribble(str(store.local_path(model_key("toy", 2))))  # changed behind its back
+    with pytest.raises(RoundFailed, match="changed after it was committed"):
+        merge(3, second.sha256)
+    assert fetched[-1] == model_key("toy", 2)  # the cache saw the new version and refused it

@@ -390,3 +390,58 @@ def test_local_relative_root_is_made_absolute(
     assert s.uri == f"file://{s.root}"
     s.put_bytes("x", b"1")
     assert (tmp_path / "rel" / "objs" / "x").read_bytes() == b"1"
+
+
+# ---- streaming reads, versions and model headers (the combiner's one-pass path)
+
+
+def _read_all(store: ObjectStore, key: str, offset: int = 0, length: int | None = None) -> bytes:
+    out = bytearray()
+    buf = bytearray(7)  # an odd, small buffer: many short reads
+    with store.open_read(key, offset, length) as r:
+        size = r.size
+        while n := r.readinto(memoryview(buf)):
+            out += buf[:n]
+    assert size == store.size(key)
+    return bytes(out)
+
+
+def test_open_read_streams_whole_and_ranged(store: ObjectStore) -> None:
+    data = os.urandom(100_003)
+    store.put_bytes("a/obj", data)
+    assert _read_all(store, "a/obj") == data
+    assert _read_all(store, "a/obj", 5) == data[5:]
+    assert _read_all(store, "a/obj", 99_990, 10) == data[99_990:100_000]
+    assert _read_all(store, "a/obj", 100_000, 1000) == data[100_000:]  # past the end: the rest
+    with pytest.raises(ObjectNotFound):
+        store.open_read("a/missing")
+
+
+def test_version_changes_when_the_object_is_written_again(store: ObjectStore) -> None:
+    store.put_bytes("v/obj", b"one")
+    first = store.version("v/obj")
+    assert store.version("v/obj") == first
+    store.put_bytes("v/obj", b"two")
+    assert store.version("v/obj") != first
+    with pytest.raises(ObjectNotFound):
+        store.version("v/missing")
+
+
+@pytest.mark.parametrize("n_tensors", [3, 3000])  # 3000 names: a header over HEADER_PROBE
+def test_read_header_reads_only_the_header(
+    store: ObjectStore, tmp_path: Path, n_tensors: int
+) -> None:
+    import numpy as np
+
+    from fedkube.model import HEADER_PROBE, read_header, save_model
+
+    tensors = {
+        f"layer.{i:05d}.weight_with_a_long_name": np.full(4, i, np.float32)
+        for i in range(n_tensors)
+    }
+    path = tmp_path / "m.safetensors"
+    save_model(path, tensors)
+    store.put_file("m/model", path)
+    header, size = store.read_header("m/model")
+    assert (header, size) == (read_header(path), path.stat().st_size)
+    assert (header.data_offset > HEADER_PROBE) == (n_tensors == 3000)

@@ -375,7 +375,7 @@ def _update(client: str, round: int = 1, attempt: int = 1, **over: Any) -> Updat
         "combiner": "comb-0",
         "status": "accepted",
         "num_examples": 10,
-        "sha256": "ab" * 32,
+        "digest": "xxh3-128:" + "ab" * 16,
     }
     kw.update(over)
     return UpdateRecord(**kw)

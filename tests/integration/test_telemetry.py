@@ -173,7 +173,7 @@ class Rogue:
         out.parent.mkdir(parents=True, exist_ok=True)
         if task.kind == pb.TASK_KIND_INIT:
             sha = save_model(out, toy_task.init())
-            assert self._update(task, num_examples=1, sha256=sha).accepted
+            assert self._update(task, num_examples=1, digest=sha).accepted
             return
         if task.round == 1:
             ack = self._update(task, num_examples=0)
@@ -182,7 +182,7 @@ class Rogue:
         model = load_model(task.model.path)
         model["w"] = np.full_like(model["w"], np.nan)
         sha = save_model(out, model)
-        ack = self._update(task, num_examples=10, sha256=sha)
+        ack = self._update(task, num_examples=10, digest=sha)
         assert (ack.accepted, ack.reason) == (False, "not_finite"), ack
 
     def close(self) -> None:
@@ -335,11 +335,11 @@ def test_one_combiner_counts_each_outcome_once(comb: MeteredCombiner) -> None:
     call = comb.run_round(quota=2)
     tg, tb = good.next_task(), bad.next_task()
     bad_model = {**seed_model(), "w": np.full(8, np.nan, np.float32)}
-    ack = bad.report(tb, num_examples=5, sha256=bad.upload(tb, bad_model))
+    ack = bad.report(tb, num_examples=5, digest=bad.upload(tb, bad_model))
     assert (ack.accepted, ack.reason) == (False, "not_finite")
     assert not bad.report(tb, num_examples=5).accepted  # a duplicate: ignored
     model = {**seed_model(), "w": np.ones(8, np.float32)}
-    assert good.report(tg, num_examples=7, sha256=good.upload(tg, model)).accepted
+    assert good.report(tg, num_examples=7, digest=good.upload(tg, model)).accepted
     assert call.result().n_updates == 1
     with pytest.raises(grpc.RpcError):  # a made-up token: refused before any work
         comb.client("nobody", token=UNKNOWN_CLIENT_TOKEN).next_task()

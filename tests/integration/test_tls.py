@@ -99,7 +99,7 @@ def full_round(comb: CombinerHarness, client: FakeClient) -> None:
     assert task.kind == pb.TASK_KIND_TRAIN and task.round == 1
     assert task.upload.path, task
     sha = client.upload(task, an_update())
-    ack = client.report(task, num_examples=7, sha256=sha)
+    ack = client.report(task, num_examples=7, digest=sha)
     assert ack.accepted, ack
     partial = call.result()
     assert partial.n_updates == 1

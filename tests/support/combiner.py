@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 
 from fedkube.combiner.server import serve_combiner
+from fedkube.digest import UPDATE_ALGORITHM, format_digest
 from fedkube.model import save_model
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.proto.v1 import fedkube_pb2_grpc as pb_grpc
@@ -68,15 +69,19 @@ class FakeClient:
         return item
 
     def upload(self, task: pb.Task, tensors: dict[str, np.ndarray] | bytes) -> str:
+        """Write the task's file; return its digest as fedkube's client reports it
+        ("" for raw bytes)."""
         path = Path(task.upload.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(tensors, bytes):
             path.write_bytes(tensors)
             return ""
-        return save_model(path, tensors)
+        return format_digest(
+            UPDATE_ALGORITHM, save_model(path, tensors, algorithm=UPDATE_ALGORITHM)
+        )
 
     def report(
-        self, task: pb.Task, *, num_examples: int = 10, sha256: str = "", **kw: Any
+        self, task: pb.Task, *, num_examples: int = 10, digest: str = "", **kw: Any
     ) -> pb.Ack:
         upd = pb.Update(
             task_id=task.task_id,
@@ -85,7 +90,7 @@ class FakeClient:
             round=task.round,
             attempt=task.attempt,
             num_examples=num_examples,
-            sha256=sha256,
+            digest=digest,
             **kw,
         )
         ack = self.stub.ReportUpdate(upd, metadata=self.md, timeout=30)
@@ -116,6 +121,7 @@ class CombinerHarness:
         heartbeat: int = 5,
         tls: ServerTLS | None = None,
         client_tls: ClientTLS | None = None,
+        seed: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.tmp = tmp
         self.tls = tls
@@ -136,9 +142,8 @@ class CombinerHarness:
         self.store = open_object_store(f"file://{tmp / 'store'}")
         self.state = open_state_store(f"sqlite:///{tmp / 'state.db'}")
         self.state.create_job("toy", self.job.to_manifest())
-        seed = tmp / "seed.safetensors"
-        save_model(seed, seed_model())
-        self.store.put_file(model_key("toy", 0), seed)
+        save_model(seed_path := tmp / "seed.safetensors", seed_model() if seed is None else seed)
+        self.store.put_file(model_key("toy", 0), seed_path)
         self.loop = asyncio.new_event_loop()
         self.stop_event: asyncio.Event | None = None
         port_file = tmp / "combiner.port"

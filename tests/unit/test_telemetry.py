@@ -7,6 +7,7 @@ store itself); the HTTP endpoint is a real server on a loopback port.
 from __future__ import annotations
 
 import abc
+import io
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -35,6 +36,14 @@ from fedkube.telemetry import (
 from fedkube.vocabulary import AssignmentStatus, EventKind, Reason
 
 
+class BytesReader(io.BytesIO):
+    """`ObjectReader` over bytes."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        super().__init__(data)
+        self.size = size
+
+
 class MemoryStore(ObjectStore):
     """An ObjectStore in a dict; `broken` makes every put raise StoreError."""
 
@@ -53,6 +62,17 @@ class MemoryStore(ObjectStore):
         if key not in self.objects:
             raise ObjectNotFound(key)
         Path(path).write_bytes(self.objects[key])
+
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> BytesReader:
+        if key not in self.objects:
+            raise ObjectNotFound(key)
+        data = self.objects[key]
+        return BytesReader(data[offset : None if length is None else offset + length], len(data))
+
+    def version(self, key: str) -> str:
+        if key not in self.objects:
+            raise ObjectNotFound(key)
+        return str(hash(self.objects[key]))
 
     def delete(self, key: str) -> None:
         self.objects.pop(key, None)

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedkube.combiner.verify import check_report, open_update
+from fedkube.combiner.verify import check_report, read_update
 from fedkube.errors import ModelFileError, UpdateRejected
 from fedkube.model import read_header, save_model
+from fedkube.store.local import LocalObjectStore
 from fedkube.vocabulary import (
     SETTLED,
     AssignmentStatus,
@@ -196,7 +197,7 @@ def test_file_checks_carry_their_reason(
     template = read_header(_model(tmp_path, "global.safetensors", GLOBAL))
     path = _model(tmp_path, f"{case}.safetensors", tensors)
     with pytest.raises(UpdateRejected) as info:
-        open_update(path, template, max_bytes=1 << 20)
+        read_update(LocalObjectStore(tmp_path), path.name, template, max_bytes=1 << 20)
     assert info.value.reason == reason and isinstance(info.value.reason, Reason)
 
 
@@ -204,11 +205,11 @@ def test_corrupt_and_oversized_files_carry_their_reason(tmp_path: Path) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
     with pytest.raises(UpdateRejected) as info:
-        open_update(bad, None, max_bytes=1 << 20)
+        read_update(LocalObjectStore(tmp_path), bad.name, None, max_bytes=1 << 20)
     assert info.value.reason == Reason.CORRUPT
     big = _model(tmp_path, "big.safetensors", GLOBAL)
     with pytest.raises(UpdateRejected) as info:
-        open_update(big, None, max_bytes=16)
+        read_update(LocalObjectStore(tmp_path), big.name, None, max_bytes=16)
     assert info.value.reason == Reason.TOO_LARGE
 
 

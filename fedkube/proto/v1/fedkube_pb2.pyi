@@ -72,7 +72,7 @@ class Task(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., job: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., model: _Optional[_Union[Transfer, _Mapping]] = ..., upload: _Optional[_Union[Transfer, _Mapping]] = ..., config_json: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class Update(_message.Message):
-    __slots__ = ("task_id", "client_id", "job", "round", "attempt", "num_examples", "metrics", "sha256", "size", "error")
+    __slots__ = ("task_id", "client_id", "job", "round", "attempt", "num_examples", "metrics", "digest", "size", "error")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,7 +87,7 @@ class Update(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
-    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     task_id: str
@@ -97,10 +97,10 @@ class Update(_message.Message):
     attempt: int
     num_examples: int
     metrics: _containers.ScalarMap[str, float]
-    sha256: str
+    digest: str
     size: int
     error: str
-    def __init__(self, task_id: _Optional[str] = ..., client_id: _Optional[str] = ..., job: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., client_id: _Optional[str] = ..., job: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Validation(_message.Message):
     __slots__ = ("task_id", "client_id", "job", "round", "num_examples", "metrics", "error", "attempt")
@@ -188,7 +188,7 @@ class Progress(_message.Message):
     def __init__(self, selected: _Optional[int] = ..., received: _Optional[int] = ..., rejected: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
 
 class Partial(_message.Message):
-    __slots__ = ("key", "weight", "n_updates", "metrics", "participants", "selected", "rejected", "failed", "num_examples", "timings", "weight_capped", "claims")
+    __slots__ = ("key", "weight", "n_updates", "metrics", "participants", "selected", "rejected", "failed", "num_examples", "timings", "weight_capped", "claims", "digest")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,7 @@ class Partial(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_CAPPED_FIELD_NUMBER: _ClassVar[int]
     CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     key: str
     weight: float
     n_updates: int
@@ -227,7 +228,8 @@ class Partial(_message.Message):
     timings: _containers.ScalarMap[str, float]
     weight_capped: int
     claims: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, key: _Optional[str] = ..., weight: _Optional[float] = ..., n_updates: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., participants: _Optional[_Iterable[str]] = ..., selected: _Optional[int] = ..., rejected: _Optional[int] = ..., failed: _Optional[int] = ..., num_examples: _Optional[int] = ..., timings: _Optional[_Mapping[str, float]] = ..., weight_capped: _Optional[int] = ..., claims: _Optional[_Iterable[int]] = ...) -> None: ...
+    digest: str
+    def __init__(self, key: _Optional[str] = ..., weight: _Optional[float] = ..., n_updates: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., participants: _Optional[_Iterable[str]] = ..., selected: _Optional[int] = ..., rejected: _Optional[int] = ..., failed: _Optional[int] = ..., num_examples: _Optional[int] = ..., timings: _Optional[_Mapping[str, float]] = ..., weight_capped: _Optional[int] = ..., claims: _Optional[_Iterable[int]] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class RoundEvent(_message.Message):
     __slots__ = ("progress", "partial")

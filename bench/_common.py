@@ -1,0 +1,86 @@
+"""What every benchmark shares: its result rows, the table it prints, `--json FILE`.
+
+A row compares fedkube with a baseline measured in the same run (these machines
+are noisy: only ratios travel). `target` is the ratio the issue asks for, with
+`higher` saying which side of it is good; `met` is None when there is no target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Row:
+    """One measurement. With a baseline the target applies to the ratio
+    fedkube / baseline; without one (an absolute target, e.g. seconds) to fedkube."""
+
+    case: str
+    metric: str
+    fedkube: float | None
+    baseline: float | None = None
+    target: float | None = None
+    higher: bool = True  # a ratio at or above `target` meets it (else at or below)
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.fedkube is None or not self.baseline:
+            return None
+        return self.fedkube / self.baseline
+
+    @property
+    def met(self) -> bool | None:
+        value = self.ratio if self.baseline is not None else self.fedkube
+        if self.target is None or value is None:
+            return None
+        return value >= self.target if self.higher else value <= self.target
+
+    def as_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(ratio=self.ratio, met=self.met)
+        return d
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny sizes: runs in seconds (the test suite's run)"
+    )
+    ap.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the rows here")
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def print_table(title: str, rows: list[Row]) -> None:
+    print(f"\n## {title}  ({platform.node()}, {time.strftime('%Y-%m-%d %H:%M')})")
+    head = ("case", "metric", "fedkube", "baseline", "ratio", "target", "met")
+    lines = [head]
+    for r in rows:
+        target = None if r.target is None else f"{'>=' if r.higher else '<='} {r.target:g}"
+        met = {None: "-", True: "yes", False: "NO"}[r.met]
+        lines.append(
+            (r.case, r.metric, _fmt(r.fedkube), _fmt(r.baseline), _fmt(r.ratio), target or "-", met)
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    for n, line in enumerate(lines):
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
+        if n == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        if r.note:
+            print(f"  {r.case}: {r.note}")
+
+
+def write_json(path: Path | None, rows: list[Row]) -> None:
+    if path is not None:
+        path.write_text(json.dumps([r.as_json() for r in rows], indent=1) + "\n")
