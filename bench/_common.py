@@ -8,9 +8,14 @@ are noisy: only ratios travel). `target` is the ratio the issue asks for, with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -84,3 +89,44 @@ def print_table(title: str, rows: list[Row]) -> None:
 def write_json(path: Path | None, rows: list[Row]) -> None:
     if path is not None:
         path.write_text(json.dumps([r.as_json() for r in rows], indent=1) + "\n")
+
+
+#: the reducer token the benchmarks' combiners accept
+REDUCER_TOKEN = "bench-reducer-token"
+
+
+@contextlib.contextmanager
+def combiner_process(
+    job: Path, tmp: Path, *, log_level: str = "warning", log: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`fedkube combiner` as a process of its own on loopback (store `tmp/store`,
+    SQLite state `tmp/state.db`): (the process, its address); stopped on exit."""
+    port_file = tmp / "port"
+    env = {**os.environ, "FEDKUBE_REDUCER_TOKEN": REDUCER_TOKEN}
+    stderr = open(log, "a") if log else None  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedkube", "combiner", "--job", str(job), "--name", "c0",
+         "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+         "--store", f"file://{tmp / 'store'}", "--state", f"sqlite:///{tmp / 'state.db'}",
+         "--workdir", str(tmp / "wd"), "--log-level", log_level],
+        env=env, stderr=stderr,
+    )  # fmt: skip
+    try:
+        t0 = time.monotonic()
+        while not port_file.exists():
+            if proc.poll() is not None or time.monotonic() - t0 > 60:
+                raise SystemExit("the combiner did not start")
+            time.sleep(0.05)
+        yield proc, f"127.0.0.1:{port_file.read_text().strip()}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if stderr is not None:
+            stderr.close()
+
+
+def finish(title: str, rows: list[Row], args: argparse.Namespace) -> list[Row]:
+    """The end of every benchmark's main: print the table, write `--json`, return."""
+    print_table(title, rows)
+    write_json(args.json, rows)
+    return rows

@@ -36,7 +36,7 @@ import numpy as np
 from scipy.linalg.blas import saxpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Row, add_common_args, print_table, write_json
+from _common import Row, add_common_args, finish
 
 from fedkube.aggregate import WeightedMean
 from fedkube.combiner.verify import read_update
@@ -245,9 +245,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     finally:
         if s3 is not None:
             s3.stop()  # type: ignore[attr-defined]
-    print_table("aggregate: the combiner's per-update path (GB of updates per second)", rows)
-    write_json(args.json, rows)
-    return rows
+    title = "aggregate: the combiner's per-update path (GB of updates per second)"
+    return finish(title, rows, args)
 
 
 if __name__ == "__main__":

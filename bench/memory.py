@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,13 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Row, add_common_args, print_table, write_json
+from _common import (
+    REDUCER_TOKEN,
+    Row,
+    add_common_args,
+    combiner_process,
+    finish,
+)
 
 from fedkube.digest import UPDATE_ALGORITHM, format_digest
 from fedkube.model import save_model
@@ -50,7 +55,6 @@ SIZES = [1_000_000, 10_000_000]
 QUICK_COUNTS = [10, 50]
 QUICK_SIZES = [65_536]
 TENSORS = 8
-REDUCER_TOKEN = "bench-reducer-token"
 STREAMS_PER_CHANNEL = 100
 
 
@@ -162,31 +166,13 @@ async def drive(address: str, pid: int, tokens: dict[str, str], update: Path, di
 def measure(n: int, params: int) -> tuple[float, float, float]:
     """(MB above idle at the peak, model MB, seconds of the round)."""
     tmp = Path(tempfile.mkdtemp(prefix="fedkube-bench-mem-"))
-    proc = None
     try:
-        job, store_root, tokens, update, digest = prepare(tmp, n, params)
-        port_file = tmp / "port"
-        env = {**os.environ, "FEDKUBE_REDUCER_TOKEN": REDUCER_TOKEN}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fedkube", "combiner", "--job", str(job), "--name", "c0",
-             "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-             "--store", f"file://{store_root}", "--state", f"sqlite:///{tmp / 'state.db'}",
-             "--workdir", str(tmp / "wd"), "--log-level", "warning"],
-            env=env,
-        )  # fmt: skip
-        t0 = time.monotonic()
-        while not port_file.exists():
-            if proc.poll() is not None or time.monotonic() - t0 > 60:
-                raise SystemExit("the combiner did not start")
-            time.sleep(0.05)
-        address = f"127.0.0.1:{port_file.read_text().strip()}"
-        t1 = time.monotonic()
-        idle, peak, _ = asyncio.run(drive(address, proc.pid, tokens, update, digest, 1 << 40))
-        return (peak - idle) / 1024, params * 4 / MB, time.monotonic() - t1
+        job, _, tokens, update, digest = prepare(tmp, n, params)
+        with combiner_process(job, tmp) as (proc, address):
+            t1 = time.monotonic()
+            idle, peak, _ = asyncio.run(drive(address, proc.pid, tokens, update, digest, 1 << 40))
+            return (peak - idle) / 1024, params * 4 / MB, time.monotonic() - t1
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -209,9 +195,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         rows.append(Row(f"combiner/flat {hi} vs {lo} x {params:,}", "MB above idle",
                         peaks[hi], peaks[lo], 1.25, higher=False,
                         note=f"baseline: the peak with {lo} updates"))  # fmt: skip
-    print_table("memory: a combiner's peak RSS above idle while aggregating a round", rows)
-    write_json(args.json, rows)
-    return rows
+    return finish("memory: a combiner's peak RSS above idle while aggregating a round", rows, args)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from _common import Row, print_table  # noqa: E402
 BENCHMARKS = {
     "aggregate": "aggregate.py",
     "memory": "memory.py",
+    "scale": "scale.py",
     "dashboard_queries": "dashboard_queries.py",
 }
 
