@@ -16,6 +16,7 @@ and, for a refusal, what was wrong.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import shutil
 import tempfile
@@ -122,10 +123,24 @@ class RoundRun:
         self.started = time.monotonic()  # the RunRound came in
         self.agg_seconds = 0.0
         self.weight_capped = 0
+        # assignments by status, kept as they change: counting them by a scan on
+        # every report made a round with thousands of clients quadratic
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, a: Assignment) -> None:
+        """Select a client: its task is the assignment `a`."""
+        self.assignments[a.task_id] = a
+        self.by_client[a.client_id] = a.task_id
+        self._counts[a.status] += 1
+
+    def set_status(self, a: Assignment, status: AssignmentStatus) -> None:
+        self._counts[a.status] -= 1
+        a.status = status
+        self._counts[status] += 1
 
     def open_slots(self) -> int:
         """Selections the quota still allows: failed tasks free their slot."""
-        used = sum(1 for a in self.assignments.values() if a.status != AssignmentStatus.FAILED)
+        used = len(self.assignments) - self._counts[AssignmentStatus.FAILED]
         return max(0, self.plan.quota - used)
 
     def may_refill(self, now: float) -> bool:
@@ -138,11 +153,11 @@ class RoundRun:
         return (self.plan.round, self.plan.attempt, self.plan.kind)
 
     def count(self, status: str) -> int:
-        return sum(1 for a in self.assignments.values() if a.status == status)
+        return self._counts[status]
 
     @property
     def finished(self) -> bool:
-        return all(a.status in SETTLED for a in self.assignments.values())
+        return sum(self._counts[s] for s in SETTLED) == len(self.assignments)
 
     def progress(self) -> pb.Progress:
         return pb.Progress(
@@ -161,7 +176,8 @@ class RoundRun:
     ) -> None:
         if a.status in SETTLED:  # the first settlement stands (the deadline passed while
             return  # the update was checked): counted and recorded once
-        a.status, a.reason, a.message = status, reason, message[:MAX_UPDATE_MESSAGE]
+        self.set_status(a, status)
+        a.reason, a.message = reason, message[:MAX_UPDATE_MESSAGE]
         self.changed.set()
         if self.on_settle is not None:
             self.on_settle(a)
@@ -500,7 +516,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         self._release(a.client_id, a.task_id)
         if request.error:
             return await self._client_failed(run, a, request, log)
-        a.status = AssignmentStatus.CHECKING  # a second report is now a duplicate
+        run.set_status(a, AssignmentStatus.CHECKING)  # a second report is now a duplicate
         try:
             check_report(request.num_examples, dict(request.metrics))
             a.weight = self._weight(run, request)
@@ -889,6 +905,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         event loop) and push them on the clients' streams (the fan-out latency is
         counted from `since`, a time.monotonic()). Returns how many."""
         plan = run.plan
+        if not run.open_slots():
+            return 0
         now = time.monotonic()
         idle = {
             c.client_id: now - c.connected_at
@@ -904,8 +922,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         new: list[Assignment] = []
         for cid in picked:  # reserve them before yielding to the loop
             a = Assignment(uuid.uuid4().hex, cid)
-            run.assignments[a.task_id] = a
-            run.by_client[cid] = a.task_id
+            run.add(a)
             self.clients[cid].busy = a.task_id
             new.append(a)
         if not new:
