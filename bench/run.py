@@ -32,6 +32,7 @@ BENCHMARKS = {
     "aggregate": "aggregate.py",
     "memory": "memory.py",
     "scale": "scale.py",
+    "large_model": "large_model.py",
     "dashboard_queries": "dashboard_queries.py",
 }
 

@@ -970,6 +970,12 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             if plan.kind == pb.TASK_KIND_INIT
             else self._transfer(plan.model_key, put=False, ttl=ttl)
         )
+        stale: set[str] = set()
+        if plan.kind == pb.TASK_KIND_TRAIN:
+            # files a crashed run of this attempt left must not count: one listing of
+            # the attempt's updates, not a delete request per client
+            prefix = update_key(plan.job, plan.round, plan.attempt, "x").rsplit("/", 1)[0] + "/"
+            stale = set(self.store.list(prefix))
         tasks = []
         for a in assignments:
             task = pb.Task(
@@ -990,7 +996,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             task.model.CopyFrom(model)
             if plan.kind == pb.TASK_KIND_TRAIN:
                 key = update_key(plan.job, plan.round, plan.attempt, a.client_id)
-                self.store.delete(key)  # a stale file from a crashed attempt must not count
+                if key in stale:
+                    self.store.delete(key)
                 task.upload.CopyFrom(self._transfer(key, put=True, ttl=ttl))
             tasks.append(task)
         return tasks

@@ -16,9 +16,10 @@ import grpc
 import numpy as np
 import pytest
 
-from fedkube.model import load_model
+from fedkube.model import load_model, save_model
 from fedkube.proto.v1 import fedkube_pb2 as pb
 from fedkube.rpc import bearer
+from fedkube.store import update_key
 from tests.support.combiner import (
     REDUCER_TOKEN,
     UNKNOWN_CLIENT_TOKEN,
@@ -279,3 +280,20 @@ def test_client_failure_is_recorded(comb):
     assert ev and "CUDA out of memory" in ev[0].message and ev[0].client == "bad"
     partial = finish_with_good(comb, good, call, tg)
     assert partial.failed == 1
+
+
+def test_a_stale_update_file_from_a_crashed_run_does_not_count(comb):
+    """A file already at a client's update key when its task is made (left by a
+    crashed run of the same attempt) is removed: a report without a new upload is
+    refused as missing, not accepted with the stale file."""
+    path = comb.store.local_path(update_key("toy", 1, 1, "bad"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(path, good_update())
+    other = comb.store.local_path(update_key("toy", 1, 1, "nobody"))
+    save_model(other, good_update())
+    good, bad, call, tg, tb = start_round(comb)
+    assert not path.exists()
+    assert other.exists()  # only the selected clients' keys are cleared
+    ack = bad.report(tb, num_examples=5)
+    assert (ack.accepted, ack.reason) == (False, "missing")
+    finish_with_good(comb, good, call, tg)
