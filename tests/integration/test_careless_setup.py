@@ -200,7 +200,10 @@ def test_simulated_clients_get_no_reducer_token_nor_store_credentials(tmp_path, 
     monkeypatch.setenv(REDUCER_TOKEN_ENV, "reducer-token-from-the-shell")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3-secret-from-the-shell")
     monkeypatch.setenv("FEDKUBE_MONGODB_URI", "mongodb://user:pw@db/fedkube")
-    job = write_job(tmp_path / "job", toy_manifest(rounds=1, clients=3, combiners=1))
+    # training sleeps, so the clients are still running when their environment is read
+    # (a process that exited reads as empty, as one did on a loaded machine)
+    manifest = toy_manifest(rounds=1, clients=3, combiners=1, config={"sleep": 5})
+    job = write_job(tmp_path / "job", manifest)
     with Federation(job, tmp_path / "wd") as fed:
         fed.start()
         envs = {p.name: read_environ(p.pid) for p in fed.clients}
