@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -176,16 +176,19 @@ def _data(
     pending: Pending | None,
     buffer: ChunkBuffer,
 ) -> None:
-    """The data section chunk by chunk: checked, then folded."""
-    for pos, code, view in _chunks(stream, header, size, hasher, buffer):
-        values = view.view(numpy_dtype(code))
-        if code in _FLOATS and not _finite(values):
-            raise ModelFileError(
-                f"tensor {_tensor_at(header, pos, values).name!r} holds NaN or Inf values",
-                Reason.NOT_FINITE,
-            )
-        if pending is not None:
-            pending.fold(pos, values)
+    """The data section chunk by chunk: checked, then folded. A refusal closes the
+    chunk generator at once, which waits for the read in flight: the stream is
+    closed by the caller only after that."""
+    with contextlib.closing(_chunks(stream, header, size, hasher, buffer)) as chunks:
+        for pos, code, view in chunks:
+            values = view.view(numpy_dtype(code))
+            if code in _FLOATS and not _finite(values):
+                raise ModelFileError(
+                    f"tensor {_tensor_at(header, pos, values).name!r} holds NaN or Inf values",
+                    Reason.NOT_FINITE,
+                )
+            if pending is not None:
+                pending.fold(pos, values)
     if _fill_some(stream, buffer.arrays[0][:1].data):
         raise ModelFileError(f"model file is corrupt: more than the {size} bytes it declares")
 
@@ -210,7 +213,7 @@ def _spans(header: ModelHeader, nbytes: int) -> list[tuple[int, int, str]]:
 
 def _chunks(
     stream: Readable, header: ModelHeader, size: int, hasher: Any, buffer: ChunkBuffer
-) -> Iterator[tuple[int, str, np.ndarray]]:
+) -> Generator[tuple[int, str, np.ndarray], None, None]:
     """(offset, dtype, bytes) of every chunk in order, read and hashed one chunk ahead
     by the buffer's reader thread (inline for a single chunk)."""
     spans = _spans(header, buffer.nbytes)

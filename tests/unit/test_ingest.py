@@ -214,3 +214,36 @@ def test_one_update_at_a_time(tmp_path: Path) -> None:
         pending.commit()
     mean.begin(mean.template, 1.0).commit()  # free again
     assert mean.n_updates == 1
+
+
+def test_a_refusal_returns_only_once_no_read_is_in_flight(tmp_path: Path) -> None:
+    """The reader thread reads one chunk ahead; when a chunk is refused, ingest must
+    not return (and let the caller close the stream) while that read still runs."""
+    import threading
+    import time
+
+    tensors = f32_model(100_000)
+    tensors["a.weight"].reshape(-1)[0] = np.nan  # refused in the first chunk
+    data = write(tmp_path, "nan", tensors).read_bytes()
+
+    class Slow(io.BytesIO):
+        active = 0
+        lock = threading.Lock()
+
+        def readinto(self, b: object) -> int:  # type: ignore[override]
+            with self.lock:
+                Slow.active += 1
+            try:
+                time.sleep(0.05)
+                return super().readinto(b)  # type: ignore[arg-type]
+            finally:
+                with self.lock:
+                    Slow.active -= 1
+
+    mean = WeightedMean(read_header(write(tmp_path, "t", f32_model(100_000))))
+    with ChunkBuffer(4096) as buffer, pytest.raises(ModelFileError, match="NaN"):
+        try:
+            ingest(Slow(data), len(data), template=mean.template,
+                   begin=lambda h: mean.begin(h, 1.0), buffer=buffer)  # fmt: skip
+        finally:
+            assert Slow.active == 0, "ingest returned with a read of the stream in flight"
