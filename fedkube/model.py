@@ -8,7 +8,6 @@ is given; it imports no network or storage modules. torch is imported lazily.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import mmap
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fedkube.digest import MODEL_ALGORITHM, new_hasher
+from fedkube.digest import MODEL_ALGORITHM, file_digest, new_hasher
 from fedkube.errors import ModelFileError
 from fedkube.vocabulary import Reason
 
@@ -347,11 +346,8 @@ def check_finite(model: MappedModel, chunk: int = 1 << 22) -> None:
 
 
 def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
+    """The bare sha256 hex digest of a file (a model's lineage, `ModelRecord.sha256`)."""
+    return file_digest(path, MODEL_ALGORITHM, bufsize).partition(":")[2]
 
 
 # ---------------------------------------------------------------- torch helpers

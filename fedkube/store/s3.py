@@ -28,6 +28,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import check_bucket_name
 
 from fedkube.errors import FedkubeError, ObjectNotFound, StoreError
+from fedkube.model import sha256_file
 from fedkube.store.base import ObjectStore, Reader
 from fedkube.store.local import TMP_PREFIX, validate_key, validate_prefix
 
@@ -92,14 +93,6 @@ def _http_client() -> urllib3.PoolManager:
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
         retries=False,
     )
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_network_error(exc: BaseException) -> bool:
@@ -379,7 +372,7 @@ class S3ObjectStore(ObjectStore):
         if not src.is_file():
             raise StoreError(f"{self._where()}: cannot put object {key!r}: no such file {src}")
         try:
-            digest = _sha256_file(src)
+            digest = sha256_file(src)
         except OSError as exc:
             raise StoreError(f"cannot read {src} to put object {key!r}: {exc}") from exc
 
