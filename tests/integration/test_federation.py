@@ -263,6 +263,8 @@ def test_subprocess_train_command_and_bad_client(tmp_path):
 def test_combiner_restart_costs_a_retry_not_the_job(tmp_path):
     """SIGKILL a combiner mid-round and start it again on its address: its clients
     reconnect with backoff, the attempt without quorum is retried, the job ends."""
+    markers = tmp_path / "held"
+    markers.mkdir()
     job = write_job(
         tmp_path / "job",
         toy_manifest(
@@ -271,16 +273,22 @@ def test_combiner_restart_costs_a_retry_not_the_job(tmp_path):
             combiners=2,
             min_updates=4,
             round_timeout=30,
-            # round 2's first attempt trains 6 s longer: the kill below lands in it
-            # however slow the machine is to notice that round 2 started
-            config={"sleep": 0.5, "hold_round": {"round": 2, "seconds": 6}},
+            # round 2's first attempt trains 6 s longer, and its clients say when
+            # they hold it: the kill below lands in that attempt, after combiner-1
+            # dispatched it (killed earlier, the restarted combiner could still
+            # run the attempt to its end)
+            config={
+                "sleep": 0.5,
+                "hold_round": {"round": 2, "seconds": 6, "marker_dir": str(markers)},
+            },
         ),
     )
     with Federation(job, tmp_path / "wd") as fed:
         fed.start()
+        # client-1 and client-3 are combiner-1's (client i goes to combiner i mod 2)
         fed.wait_for(
-            lambda: any(r.round == 2 for r in fed.state.get_rounds(fed.name)),
-            what="round 2 to start",
+            lambda: (markers / "client-1").exists() or (markers / "client-3").exists(),
+            what="combiner-1's clients to train round 2",
         )
         fed.kill(fed.combiner("combiner-1"))
         fed.restart_combiner("combiner-1")

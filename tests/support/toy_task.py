@@ -7,7 +7,8 @@ claims what it likes with {"claim": {"client-3": 10**12}} and poisons its
 update with {"offset": {"client-3": 100.0}}; {"scribble": true} makes the
 train command write into IN_MODEL; {"hold_round": {"round": 2, "seconds": 5}}
 keeps the first attempt of round 2 training that much longer, so a test can
-disrupt it while it is surely in flight.
+disrupt it while it is surely in flight (with "marker_dir": DIR each client
+holding it first creates DIR/<client id>, so the test knows it is).
 Also runnable as a train command: python toy_task.py train IN OUT.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +50,8 @@ def train(model: dict[str, np.ndarray], ctx: TaskContext) -> TrainResult:
     hold = cfg.get("hold_round", {})
     if hold and ctx.round == int(hold["round"]) and ctx.attempt == 1:
         delay += float(hold["seconds"])  # keeps one attempt open long enough to disrupt it
+        if hold.get("marker_dir"):
+            (Path(hold["marker_dir"]) / ctx.client_id).touch()
     if delay:
         time.sleep(delay)
     crash = cfg.get("crash", {}).get(ctx.client_id)
