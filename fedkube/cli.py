@@ -139,6 +139,16 @@ def run(
             "unfinished job resumes and a finished one is reported).",
         ),
     ] = False,
+    fork: Annotated[
+        bool,
+        typer.Option(
+            "--fork/--no-fork",
+            help="Fork the simulated clients from one process that imported the job's code "
+            "once (`fedkube client-pool`: fast to start), or start a `fedkube client` "
+            "process for each (for job code that cannot be forked, e.g. it starts threads "
+            "or a GPU context when imported).",
+        ),
+    ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
     log_level: LogLevelOpt = "info",
 ) -> None:
@@ -156,6 +166,7 @@ def run(
         fresh=fresh,
         log_level=log_level,
         progress=not quiet,
+        fork=fork,
     )
     try:
         rc = run_local(opts)
@@ -750,6 +761,42 @@ def client(
         raise _fail(exc, 3) from None
     except KeyboardInterrupt:
         rt.stop()
+
+
+@app.command("client-pool")
+def client_pool(
+    job_file: JobFileOpt,
+    pool_dir: Annotated[
+        Path,
+        typer.Option(
+            "--pool-dir",
+            help="Directory of the pool's files: it waits for clients.json there (one entry "
+            "per client: id, index, combiner, workdir, log) and each client's NAME.token, "
+            "and writes NAME.pid and NAME.exit (see fedkube/clientpool.py).",
+        ),
+    ],
+    job_dir: JobDirOpt = None,
+    wait_timeout: Annotated[
+        float,
+        typer.Option("--wait-timeout", min=0, help="Seconds to wait for clients.json."),
+    ] = 600.0,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Fork many simulated clients from one process (what `fedkube run` starts): it imports
+    the client runtime and the job's in-process functions once, then forks one
+    `fedkube client` per entry of the clients file and reaps them. Exits once every
+    client exited; SIGTERM and SIGINT are passed on to the clients."""
+    _setup_logging(log_level)
+    from fedkube.client.pool import run_pool
+
+    try:
+        job = _load(job_file)
+        rc = run_pool(
+            job, (job_dir or job_file.parent).resolve(), pool_dir, wait_timeout=wait_timeout
+        )
+    except (FedkubeError, ValueError) as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(rc)
 
 
 @app.command()

@@ -46,6 +46,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from fedkube.clientpool import PooledProcess, PoolEntry, write_clients
 from fedkube.contract import is_credential_env
 from fedkube.errors import FedkubeError, SpecError
 from fedkube.process import ChildProcess, stop_all
@@ -69,6 +70,9 @@ class LocalRunOptions:
     fresh: bool = False
     log_level: str = "info"
     progress: bool = True
+    #: fork the simulated clients from one `fedkube client-pool` process (else one
+    #: `fedkube client` process each)
+    fork: bool = True
 
 
 #: SIGTERM grace of the role processes before SIGKILL
@@ -77,8 +81,11 @@ STOP_GRACE = 10.0
 TAIL_LINES = 15
 #: log lines shown for each simulated client that exits
 CLIENT_TAIL_LINES = 5
-#: stop order: clients first, then the reducer, the combiners last
-STOP_ORDER = {"client": 0, "reducer": 1, "combiner": 2}
+#: stop order: clients first, then their pool (which reaps them), then the reducer, the
+#: combiners last
+STOP_ORDER = {"client": 0, "client-pool": 1, "reducer": 2, "combiner": 3}
+#: how long start_clients waits for the pool to fork its clients
+POOL_FORK_TIMEOUT = 120.0
 #: how long the reducer retries reaching its stores at start (--startup-timeout)
 REDUCER_STARTUP_TIMEOUT = 20.0
 #: longest reason recorded for a run whose clients exited
@@ -140,6 +147,25 @@ class Proc(ChildProcess):
         self.role = role
 
 
+class PooledClient(Proc):
+    """A simulated client forked by the client pool: a `Proc` whose process handle is
+    the pool's files (`PooledProcess`), so it is watched, stopped, killed and
+    reported like a client process of its own. Its pid is 0 until the pool forked
+    it, and nothing is signalled until then (the pool passes a stop on)."""
+
+    def __init__(
+        self, argv: list[str], log: Path, *, cwd: Path, env: dict[str, str], handle: PooledProcess
+    ) -> None:
+        # argv and env: the `fedkube client` process it stands for (what start() runs)
+        super().__init__("client", handle.name, argv, log, cwd=cwd, env=env)
+        self.handle = handle
+        self.popen = handle
+
+    def signal_group(self, sig: int) -> None:
+        if self.handle.forked:
+            super().signal_group(sig)
+
+
 def effective_job(opts: LocalRunOptions) -> FederatedJob:
     job = load_job_file(opts.job_file)
     if opts.rounds is None and opts.clients is None:
@@ -161,13 +187,15 @@ class LocalFederation:
         self.workdir = opts.workdir.resolve()
         self.run_dir = self.workdir / "run"
         self.procs: list[Proc] = []
-        self._exited: dict[int | None, Proc] = {}  # simulated clients seen exited, by pid
+        self._exited: dict[int, Proc] = {}  # simulated clients seen exited, by id(proc)
         self.combiners: dict[str, str] = {}
         #: role process name -> host:port of its /metrics (the reducer once it listens)
         self.metrics: dict[str, str] = {}
         self._metrics_announced = False
         self._client_tokens: dict[int, str] = {}
         self._issuer: StateStore | None = None  # issues the simulated clients' credentials
+        self.pool: Proc | None = None  # the client pool, until it was given its clients
+        self.pool_dir = self.run_dir / "clients"
         self.reducer_token = secrets.token_urlsafe(24)
         self.store_uri = store_uri(self.job, self.workdir, opts.store)
         self.state_uri = state_uri(self.job, self.workdir, opts.state)
@@ -195,10 +223,11 @@ class LocalFederation:
         env[REDUCER_TOKEN_ENV] = self.reducer_token
         return env
 
-    def _client_env(self, i: int) -> dict[str, str]:
+    def _client_env(self, i: int | None) -> dict[str, str]:
         """Simulated client i's environment: its own client token and no other
         credential (no reducer token, no S3 keys, no MongoDB URI: a client reaches
-        the store through presigned URLs or paths its combiner gives it)."""
+        the store through presigned URLs or paths its combiner gives it). For
+        i None (the client pool) no token at all."""
         st = self.job.spec.state_store
         hidden = {st.mongodb.uri_env} if st is not None and st.mongodb is not None else set()
         env = {
@@ -206,7 +235,8 @@ class LocalFederation:
             for k, v in self._base_env().items()
             if not is_credential_env(k) and k not in hidden
         }
-        env[CLIENT_TOKEN_ENV] = self.client_token_for(i)
+        if i is not None:
+            env[CLIENT_TOKEN_ENV] = self.client_token_for(i)
         return env
 
     def client_token_for(self, i: int) -> str:
@@ -227,7 +257,14 @@ class LocalFederation:
         self, role: str, name: str, args: list[str], env: dict[str, str] | None = None
     ) -> Proc:
         log = self.workdir / "logs" / f"{name}.log"
-        cmd = [
+        env = self._env(role) if env is None else env
+        proc = Proc(role, name, self._command(role, args), log, cwd=self.job_dir, env=env)
+        self.procs.append(proc)
+        return proc.start()
+
+    def _command(self, role: str, args: list[str]) -> list[str]:
+        """``python -P -m fedkube ROLE ARGS --log-level LEVEL``."""
+        return [
             sys.executable,
             "-P",
             "-m",
@@ -237,10 +274,6 @@ class LocalFederation:
             "--log-level",
             self.opts.log_level,
         ]
-        env = self._env(role) if env is None else env
-        proc = Proc(role, name, cmd, log, cwd=self.job_dir, env=env)
-        self.procs.append(proc)
-        return proc.start()
 
     def _wait_port(self, proc: Proc, port_file: Path, timeout: float = 60.0) -> int:
         """The port `proc` writes to `port_file` once it listens (ServiceUnavailable
@@ -254,7 +287,7 @@ class LocalFederation:
     def stop(self) -> None:
         """SIGTERM every role process (clients, then the reducer, then the
         combiners); SIGKILL what still runs 10 s later."""
-        procs = sorted(self.procs, key=lambda p: STOP_ORDER.get(p.role, 3))
+        procs = sorted(self.procs, key=lambda p: STOP_ORDER.get(p.role, len(STOP_ORDER)))
         stop_all(procs, STOP_GRACE)
         if self._issuer is not None:
             self._issuer.close()
@@ -329,6 +362,7 @@ class LocalFederation:
             (self.workdir / f"state.db{suffix}").unlink(missing_ok=True)
 
     def _run(self, state: StateStore, job_yaml: Path, run_dir: Path) -> int:
+        self.start_pool(job_yaml)  # imports the job's code while the combiners start
         self.start_combiners(job_yaml, run_dir)
         reducer = self.start_reducer(job_yaml)
         self.start_clients(job_yaml)
@@ -425,31 +459,102 @@ class LocalFederation:
     def start_client(
         self, job_yaml: Path, i: int, n_clients: int, extra: list[str] | None = None
     ) -> Proc:
-        """Start simulated client i of n_clients on combiner i mod replicas."""
-        names = list(self.combiners)
+        """Start simulated client i of n_clients on combiner i mod replicas, as a
+        `fedkube client` process of its own."""
         return self._spawn(
             "client",
             f"client-{i}",
-            [
-                "--connect",
-                self.combiners[names[i % len(names)]],
-                *self._job_args(job_yaml),
-                "--client-id",
-                f"client-{i}",
-                "--client-index",
-                str(i),
-                "--num-clients",
-                str(n_clients),
-                "--workdir",
-                str(self.workdir / "clients" / f"client-{i}"),
-                *(extra or []),
-            ],
+            [*self._client_args(job_yaml, i, n_clients), *(extra or [])],
             env=self._client_env(i),
         )
 
+    def _client_args(self, job_yaml: Path, i: int, n_clients: int) -> list[str]:
+        names = list(self.combiners)
+        return [
+            "--connect",
+            self.combiners[names[i % len(names)]],
+            *self._job_args(job_yaml),
+            "--client-id",
+            f"client-{i}",
+            "--client-index",
+            str(i),
+            "--num-clients",
+            str(n_clients),
+            "--workdir",
+            str(self.workdir / "clients" / f"client-{i}"),
+        ]
+
     def start_clients(self, job_yaml: Path, count: int | None = None) -> list[Proc]:
+        """Start the simulated clients: forked by the client pool (started now unless
+        `start_pool` already did) when the run forks and the pool has no clients
+        yet, else one `fedkube client` process each."""
         n_clients = self.job.spec.clients.simulation.clients if count is None else count
+        if self.opts.fork and n_clients and (self.pool is not None or not self._pool_used):
+            return self._start_pooled(job_yaml, n_clients)
         return [self.start_client(job_yaml, i, n_clients) for i in range(n_clients)]
+
+    # ------------------------------------------------------------ client pool
+
+    @property
+    def _pool_used(self) -> bool:
+        return any(p.role == "client-pool" for p in self.procs)
+
+    def start_pool(self, job_yaml: Path) -> Proc | None:
+        """Start the client pool (`fedkube client-pool`), which imports the client
+        runtime and the job's code and then waits for its clients (`start_clients`).
+        It has the clients' environment without any token. None when the run does
+        not fork or the job has no simulated clients."""
+        if not self.opts.fork or self.pool is not None or self._pool_used:
+            return self.pool
+        shutil.rmtree(self.pool_dir, ignore_errors=True)
+        self.pool_dir.mkdir(parents=True)
+        self.pool = self._spawn(
+            "client-pool",
+            "client-pool",
+            [*self._job_args(job_yaml), "--pool-dir", str(self.pool_dir)],
+            env=self._client_env(None),
+        )
+        return self.pool
+
+    def _start_pooled(self, job_yaml: Path, n_clients: int) -> list[Proc]:
+        """Give the pool its clients (each one's token in a 0600 file it reads and
+        deletes); wait until it forked them all or exited."""
+        pool = self.start_pool(job_yaml)
+        assert pool is not None
+        self.pool = None  # the pool takes clients once
+        names = list(self.combiners)
+        entries, tokens, clients = [], [], []
+        for i in range(n_clients):
+            name = f"client-{i}"
+            entries.append(
+                PoolEntry(
+                    name=name,
+                    client_id=name,
+                    client_index=i,
+                    num_clients=n_clients,
+                    connect=self.combiners[names[i % len(names)]],
+                    workdir=str(self.workdir / "clients" / name),
+                    log=str(self.workdir / "logs" / f"{name}.log"),
+                )
+            )
+            tokens.append(self.client_token_for(i))
+            clients.append(
+                PooledClient(  # argv, env: the process it would be without the pool
+                    self._command("client", self._client_args(job_yaml, i, n_clients)),
+                    Path(entries[-1].log),
+                    cwd=self.job_dir,
+                    env=self._client_env(i),
+                    handle=PooledProcess(self.pool_dir, name, lambda: pool.returncode),
+                )
+            )
+        write_clients(self.pool_dir, entries, tokens)
+        self.procs.extend(clients)
+        deadline = time.monotonic() + POOL_FORK_TIMEOUT
+        while time.monotonic() < deadline and any(
+            not c.handle.forked and c.running for c in clients
+        ):
+            time.sleep(0.02)
+        return list(clients)
 
     # ------------------------------------------------------------ metrics
 
@@ -564,8 +669,8 @@ class LocalFederation:
         the run must stop once fewer run than clients.minUpdates (else None)."""
         clients = [p for p in self.procs if p.role == "client"]
         for p in clients:
-            if not p.running and p.pid not in self._exited:
-                self._exited[p.pid] = p
+            if not p.running and id(p) not in self._exited:
+                self._exited[id(p)] = p
                 self.console.print(
                     f"[red]{escape(p.name)} exited with {p.returncode}[/]: "
                     f"{escape(client_error(p.log_tail()))}\n"

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Self, TypeVar
+from typing import IO, Any, Protocol, Self, TypeVar
 
 from fedkube.errors import ServiceUnavailable
 
@@ -93,6 +93,20 @@ def read_tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+class ProcessHandle(Protocol):
+    """What ChildProcess uses of `subprocess.Popen`: a child forked by some other
+    process (fedkube.clientpool.PooledProcess) can stand in for it."""
+
+    returncode: int | None
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 class ChildProcess:
     """One child process with its output appended to `log_path`.
 
@@ -126,7 +140,7 @@ class ChildProcess:
         self.tail_lines = tail_lines
         self.banner = banner
         self.dies_with_parent = dies_with_parent
-        self.popen: subprocess.Popen[bytes] | None = None
+        self.popen: ProcessHandle | None = None
         self._log: IO[bytes] | None = None
 
     def __repr__(self) -> str:

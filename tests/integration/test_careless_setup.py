@@ -195,7 +195,8 @@ def read_environ(pid: int) -> dict[str, str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")
-def test_simulated_clients_get_no_reducer_token_nor_store_credentials(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fork", [True, False], ids=["client-pool", "process-per-client"])
+def test_simulated_clients_get_no_reducer_token_nor_store_credentials(tmp_path, monkeypatch, fork):
     # Credentials in the shell that runs `fedkube run` must not reach the clients either.
     monkeypatch.setenv(REDUCER_TOKEN_ENV, "reducer-token-from-the-shell")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3-secret-from-the-shell")
@@ -204,17 +205,33 @@ def test_simulated_clients_get_no_reducer_token_nor_store_credentials(tmp_path, 
     # (a process that exited reads as empty, as one did on a loaded machine)
     manifest = toy_manifest(rounds=1, clients=3, combiners=1, config={"sleep": 5})
     job = write_job(tmp_path / "job", manifest)
-    with Federation(job, tmp_path / "wd") as fed:
+    with Federation(job, tmp_path / "wd", fork=fork) as fed:
         fed.start()
         envs = {p.name: read_environ(p.pid) for p in fed.clients}
         reducer_env = read_environ(fed.reducer.pid)
         combiner_env = read_environ(fed.combiner("combiner-0").pid)
-    assert set(envs) == {"client-0", "client-1", "client-2"}
+        pools = [p for p in fed.fed.procs if p.role == "client-pool"]
+        assert len(pools) == int(fork)
+        if fork:
+            envs["client-pool"] = read_environ(pools[0].pid)
+            # each forked client reads its own token file (0600) and deletes it
+            fed.wait_for(
+                lambda: not list(fed.fed.pool_dir.glob("*.token")), what="the token files read"
+            )
+            # ... and so connects with it (a wrong or missing token is refused)
+            fed.wait_for(
+                lambda: all('"msg": "connected"' in fed.log(p.name) for p in fed.clients),
+                what="the 3 clients connected",
+            )
+    assert set(envs) == {"client-0", "client-1", "client-2"} | ({"client-pool"} if fork else set())
     for name, env in envs.items():
         assert REDUCER_TOKEN_ENV not in env, name
         assert "AWS_SECRET_ACCESS_KEY" not in env and "FEDKUBE_MONGODB_URI" not in env, name
-        assert env.get(CLIENT_TOKEN_ENV), name  # its own credential, and no other
         assert fed.fed.reducer_token not in env.values(), name
+        if fork:  # a forked client's environment is the pool's, which holds no token at all
+            assert CLIENT_TOKEN_ENV not in env, name
+        else:
+            assert env.get(CLIENT_TOKEN_ENV), name  # its own credential, and no other
     # the reducer and the combiners get the run's reducer token, not the shell's
     assert reducer_env[REDUCER_TOKEN_ENV] == fed.fed.reducer_token
     assert combiner_env[REDUCER_TOKEN_ENV] == fed.fed.reducer_token

@@ -94,6 +94,8 @@ class Federation:
     def start(self, *, clients: bool = True, reducer_args: list[str] | None = None) -> Federation:
         """Start the combiners, the reducer (with `reducer_args`, e.g. ``--linger``) and,
         unless `clients` is False, the simulated clients (`start_clients` later)."""
+        if clients:
+            self.fed.start_pool(self.job_yaml)  # imports the job while the combiners start
         self.fed.start_combiners(self.job_yaml, self.run_dir)
         self.reducer = self.fed.start_reducer(self.job_yaml, reducer_args)
         if clients:
@@ -130,7 +132,7 @@ class Federation:
         return self.reducer
 
     def kill(self, proc: Proc, sig: int = signal.SIGKILL) -> None:
-        os.killpg(proc.popen.pid, sig)
+        proc.signal_group(sig)
         if sig in (signal.SIGKILL, signal.SIGTERM):
             proc.popen.wait(timeout=30)
 

