@@ -34,6 +34,7 @@ BENCHMARKS = {
     "scale": "scale.py",
     "large_model": "large_model.py",
     "dashboard_queries": "dashboard_queries.py",
+    "startup": "startup.py",
 }
 
 

@@ -36,7 +36,14 @@ def test_every_benchmark_runs_quick_and_writes_its_rows(
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rows = json.loads(out.read_text())
     cases = {r["case"].split(":")[0] for r in rows}
-    assert cases == {"aggregate", "memory", "scale", "large_model", "dashboard_queries"}, cases
+    assert cases == {
+        "aggregate",
+        "memory",
+        "scale",
+        "large_model",
+        "dashboard_queries",
+        "startup",
+    }, cases
     for r in rows:
         assert r.keys() >= ROW_KEYS, r
         assert isinstance(r["fedkube"], int | float) and math.isfinite(r["fedkube"]), r
