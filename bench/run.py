@@ -35,6 +35,7 @@ BENCHMARKS = {
     "large_model": "large_model.py",
     "dashboard_queries": "dashboard_queries.py",
     "startup": "startup.py",
+    "round_overhead": "round_overhead.py",
 }
 
 

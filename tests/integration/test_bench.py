@@ -43,6 +43,7 @@ def test_every_benchmark_runs_quick_and_writes_its_rows(
         "large_model",
         "dashboard_queries",
         "startup",
+        "round_overhead",
     }, cases
     for r in rows:
         assert r.keys() >= ROW_KEYS, r
@@ -50,6 +51,12 @@ def test_every_benchmark_runs_quick_and_writes_its_rows(
         if r["baseline"]:
             assert r["ratio"] == pytest.approx(r["fedkube"] / r["baseline"]), r
     by_case = {r["case"]: r for r in rows}
+    # round_overhead measured Flower too (under --quick a failed Flower run is an error)
+    overhead = [
+        r for r in rows
+        if r["case"].startswith("round_overhead:") and r["metric"].startswith("round overhead")
+    ]  # fmt: skip
+    assert len(overhead) == 2 and all(r["baseline"] for r in overhead), overhead
     # the aggregate rows compare the combiner's path with the limit, the stack
     # baseline and a plain S3 GET, for both sizes
     for name in ("local/10x64K vs limit", "local/10x64K vs stack", "s3/4x256K vs GET"):
