@@ -131,12 +131,13 @@ def _reap(children: dict[int, PoolEntry], pool_dir: Path) -> None:
 def _fork(entry: PoolEntry, job: FederatedJob, job_dir: Path, pool_dir: Path) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
+    pool_pid = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     code = EXIT_RUNTIME
     try:
-        _become_client(entry)
+        _become_client(entry, pool_pid)
         code = _client_main(entry, job, job_dir, pool_dir)
     except BaseException as exc:  # a forked child must never return into the pool's code
         with contextlib.suppress(Exception):
@@ -148,10 +149,12 @@ def _fork(entry: PoolEntry, job: FederatedJob, job_dir: Path, pool_dir: Path) ->
         os._exit(code)
 
 
-def _become_client(entry: PoolEntry) -> None:
+def _become_client(entry: PoolEntry, pool_pid: int) -> None:
     """A session of its own, death with the pool, its own log, fresh seeds."""
     os.setsid()
     die_with_parent()
+    if os.getppid() != pool_pid:  # the pool died before the death signal was armed
+        os._exit(EXIT_RUNTIME)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     devnull = os.open(os.devnull, os.O_RDONLY)

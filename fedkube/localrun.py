@@ -289,6 +289,8 @@ class LocalFederation:
         combiners); SIGKILL what still runs 10 s later."""
         procs = sorted(self.procs, key=lambda p: STOP_ORDER.get(p.role, len(STOP_ORDER)))
         stop_all(procs, STOP_GRACE)
+        for token in self.pool_dir.glob("*.token"):  # of clients the pool never forked
+            token.unlink(missing_ok=True)
         if self._issuer is not None:
             self._issuer.close()
             self._issuer = None

@@ -106,6 +106,10 @@ def test_run_fails_fast_when_clients_cannot_import_their_code(tmp_path):
     assert rec is not None and rec.phase == Phase.FAILED, rec
     assert "no_such_module_for_fedkube_tests" in rec.message
     assert "3 of 3 simulated clients exited" in rec.message and "\n" not in rec.message
+    # the client pool could not import the job, so it forked no client: no token
+    # file it wrote for them is left behind
+    assert (wd / "run" / "clients" / "clients.json").exists()
+    assert not list((wd / "run" / "clients").glob("*.token"))
 
 
 FAILING_INIT = '''"""A task whose init function fails when it is called (the client runs fine)."""
