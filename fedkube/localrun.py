@@ -5,7 +5,10 @@ The reducer, the combiners and the job's simulated clients run as the same
 gRPC on loopback, with the embedded defaults (a local directory as the object
 store, SQLite as the state store) unless --store/--state say otherwise. This
 process only starts them, shows live progress from the state store and stops
-them at the end.
+them at the end. The simulated clients are forked from one `fedkube client-pool`
+process that imported the job's code once (fedkube/clientpool.py, started before
+the combiners so its imports overlap theirs); with ``--no-fork`` each is a
+`fedkube client` process of its own.
 
 It also watches them: a combiner or the reducer that exits ends the run; each
 simulated client that exits is reported (name, exit code, its log's last
