@@ -504,12 +504,13 @@ class LocalFederation:
     def _pool_used(self) -> bool:
         return any(p.role == "client-pool" for p in self.procs)
 
-    def start_pool(self, job_yaml: Path) -> Proc | None:
+    def start_pool(self, job_yaml: Path, clients: int | None = None) -> Proc | None:
         """Start the client pool (`fedkube client-pool`), which imports the client
         runtime and the job's code and then waits for its clients (`start_clients`).
         It has the clients' environment without any token. None when the run does
-        not fork or the job has no simulated clients."""
-        if not self.opts.fork or self.pool is not None or self._pool_used:
+        not fork or there are no simulated clients (`clients`, default the job's)."""
+        n_clients = self.job.spec.clients.simulation.clients if clients is None else clients
+        if not self.opts.fork or self.pool is not None or self._pool_used or not n_clients:
             return self.pool
         shutil.rmtree(self.pool_dir, ignore_errors=True)
         self.pool_dir.mkdir(parents=True)
@@ -524,7 +525,7 @@ class LocalFederation:
     def _start_pooled(self, job_yaml: Path, n_clients: int) -> list[Proc]:
         """Give the pool its clients (each one's token in a 0600 file it reads and
         deletes); wait until it forked them all or exited."""
-        pool = self.start_pool(job_yaml)
+        pool = self.start_pool(job_yaml, n_clients)
         assert pool is not None
         self.pool = None  # the pool takes clients once
         names = list(self.combiners)

@@ -165,3 +165,16 @@ def test_pooled_process_before_the_fork_has_no_pid_and_takes_the_pools_status(tm
     (tmp_path / "client-1.pid").write_text("12345")
     (tmp_path / "client-1.exit").write_text("-15")
     assert forked.pid == 12345 and forked.poll() == -15
+
+
+def test_no_pool_is_started_for_a_run_without_simulated_clients(tmp_path):
+    job = pool_job(tmp_path)
+    fed = Federation(job, tmp_path / "wd", clients=0)  # fedkube run --clients 0
+    try:
+        assert fed.fed.start_pool(fed.job_yaml) is None
+        assert fed.fed.procs == []
+        # ... but one asked for a count of clients is
+        pool = fed.fed.start_pool(fed.job_yaml, clients=2)
+        assert pool is not None and pool.role == "client-pool" and pool.running
+    finally:
+        fed.close()
