@@ -8,7 +8,11 @@ constant to every weight in place (so the numbers are fedkube's, not a
 training loop's). The store is the S3 server, the state SQLite. While the job
 runs it samples every process `fedkube run` started (psutil, every 0.2 s) and
 keeps each one's peak RSS (VmHWM); the rows are the largest per role
-(combiner, reducer, client) over the model's size. The job must succeed.
+(combiner, reducer, client) over the model's size. The simulated clients are
+forked by `fedkube client-pool` and keep its command line: a client is a
+`client-pool` process whose parent is the pool (the pool itself, which only
+imported the job, is not a row). The job must succeed, and every role must
+have been seen running, or there is nothing to report.
 
 Targets (from the issue): combiner <= 1.3x, reducer <= 2x, client <= 2.5x.
 
@@ -82,6 +86,9 @@ def write_job(tmp: Path, nbytes: int) -> Path:
 def role(proc: psutil.Process) -> str | None:
     try:
         argv = proc.cmdline()
+        if "client-pool" in argv:  # the pool, or a client it forked (same argv)
+            parent = proc.parent()
+            return "client" if parent is not None and "client-pool" in parent.cmdline() else None
     except psutil.Error:
         return None
     for r in TARGETS:
@@ -143,6 +150,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
         shutil.rmtree(tmp, ignore_errors=True)
     if code != 0:
         raise SystemExit(f"the job failed (fedkube run exited {code})")
+    unseen = [r for r, kb in peaks.items() if kb == 0]
+    if unseen:
+        raise SystemExit(f"no {' or '.join(unseen)} process was seen while the job ran")
     mb = nbytes / (1 << 20)
     print(f"  one round of a {mb:,.0f} MiB model through S3 in {secs:.1f} s", flush=True)
     rows = [

@@ -61,4 +61,11 @@ def test_every_benchmark_runs_quick_and_writes_its_rows(
     # baseline and a plain S3 GET, for both sizes
     for name in ("local/10x64K vs limit", "local/10x64K vs stack", "s3/4x256K vs GET"):
         assert f"aggregate: {name}" in by_case, sorted(by_case)
+    # large_model found and measured every process: a role it missed would be a
+    # peak of 0, which "meets" a target of at most 2.5x the model
+    large = [r for r in rows if r["case"].startswith("large_model:")]
+    assert {r["case"].split(",")[0] for r in large} == {
+        f"large_model: {role} peak RSS" for role in ("combiner", "reducer", "client")
+    }, large
+    assert all(r["fedkube"] > 0 for r in large), large
     assert "| case" in proc.stdout and "every benchmark" in proc.stdout
