@@ -126,6 +126,9 @@ class RoundRun:
         # assignments by status, kept as they change: counting them by a scan on
         # every report made a round with thousands of clients quadratic
         self._counts: collections.Counter[str] = collections.Counter()
+        # the combiner's idle epoch when a look for idle clients this attempt has
+        # not tried found none (see CombinerService._idle_epoch)
+        self.none_idle_at: int | None = None
 
     def add(self, a: Assignment) -> None:
         """Select a client: its task is the assignment `a`."""
@@ -216,6 +219,12 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         self.workdir = workdir
         self.clients: dict[str, ConnectedClient] = {}
         self.run: RoundRun | None = None
+        # Counts the events that can give an attempt a client it has not tried: a
+        # client connects, or one the current attempt never selected goes idle.
+        # While it stands still, a refill that found no such client finds none again
+        # without a scan of every client (one per report made a round of thousands of
+        # clients whose slots were freed by failures quadratic).
+        self._idle_epoch = 0
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="aggregate")
         self._chunk = ChunkBuffer()  # the aggregate thread's read buffer (one: one thread)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="state")
@@ -377,6 +386,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             digest=cred.digest,
         )
         self.clients[cid] = me
+        self._idle_epoch += 1
         # Tell the client how often to heartbeat (we forget it after 3 missed beats).
         await context.send_initial_metadata(
             ((MetadataKey.HEARTBEAT_SECONDS.value, str(self.heartbeat_seconds)),)
@@ -665,6 +675,8 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         c = self.clients.get(client_id)
         if c is not None and c.busy == task_id:
             c.busy = None
+            if self.run is None or client_id not in self.run.by_client:
+                self._idle_epoch += 1
 
     def _check_seed(self, run: RoundRun, req: pb.Update) -> str:
         """Check a seed model a client created for an init task, in one read (worker
@@ -905,7 +917,7 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
         event loop) and push them on the clients' streams (the fan-out latency is
         counted from `since`, a time.monotonic()). Returns how many."""
         plan = run.plan
-        if not run.open_slots():
+        if not run.open_slots() or run.none_idle_at == self._idle_epoch:
             return 0
         now = time.monotonic()
         idle = {
@@ -913,6 +925,9 @@ class CombinerService(pb_grpc.CombinerServicer, pb_grpc.CombinerControlServicer)
             for c in self.clients.values()
             if c.busy is None and c.client_id not in run.by_client
         }
+        if not idle:
+            run.none_idle_at = self._idle_epoch
+            return 0
         # A refill draws anew (the number already tried is part of its seed).
         tried = (len(run.by_client),) if run.by_client else ()
         seed = derive_seed(plan.seed, plan.round, plan.attempt, plan.kind, self.name, *tried)
