@@ -45,11 +45,10 @@ from fedkube.clientpool import (
     pid_path,
     read_clients,
     token_path,
-    write_atomic,
 )
 from fedkube.errors import FedkubeError
 from fedkube.logs import get_logger
-from fedkube.process import die_with_parent
+from fedkube.process import die_with_parent, write_atomic
 from fedkube.rpc import CLIENT_TOKEN_ENV, check_address, read_token
 from fedkube.spec import FederatedJob
 

@@ -32,13 +32,14 @@ client is stopped, killed, reaped and reported like any other (`PooledClient`).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from fedkube.process import write_atomic
 
 #: the clients file in the pool directory
 CLIENTS_FILE = "clients.json"
@@ -71,15 +72,6 @@ def exit_path(pool_dir: Path, name: str) -> Path:
 
 def token_path(pool_dir: Path, name: str) -> Path:
     return pool_dir / f"{name}.token"
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write `text` to `path` so a reader sees all of it or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    tmp.replace(path)
 
 
 def write_clients(pool_dir: Path, entries: Sequence[PoolEntry], tokens: Sequence[str]) -> None:

@@ -52,7 +52,7 @@ from rich.text import Text
 from fedkube.clientpool import PooledProcess, PoolEntry, write_clients
 from fedkube.contract import is_credential_env
 from fedkube.errors import FedkubeError, SpecError
-from fedkube.process import ChildProcess, stop_all
+from fedkube.process import ChildProcess, stop_all, write_atomic
 from fedkube.report import job_status, make_console, render_status
 from fedkube.rpc import CLIENT_TOKEN_ENV, REDUCER_TOKEN_ENV
 from fedkube.settings import state_uri, store_uri
@@ -581,9 +581,7 @@ class LocalFederation:
     def write_metrics_targets(self) -> Path:
         """Write the targets file (atomically: Prometheus may read it any time)."""
         path = self.metrics_targets_path
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.metrics_targets(), indent=2) + "\n")
-        tmp.replace(path)
+        write_atomic(path, json.dumps(self.metrics_targets(), indent=2) + "\n")
         return path
 
     def _reducer_health_file(self) -> Path:

@@ -84,6 +84,16 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write `text` to `path` so that another process reading it sees all of it or
+    nothing: port, pid and exit files, configuration another process loads."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
 def read_tail(path: Path, lines: int = TAIL_LINES) -> str:
     """The last `lines` lines of a log file ("(no log)" when it cannot be read)."""
     try:

@@ -40,6 +40,7 @@ from prometheus_client import (
 )
 
 from fedkube.errors import FedkubeError
+from fedkube.process import write_atomic
 from fedkube.state import StateStore
 from fedkube.store import ObjectStore
 
@@ -119,9 +120,7 @@ def health_route(healthy: Callable[[], bool]) -> Route:
 
 def write_port_file(path: Path, port: int) -> None:
     """Write `port` to `path` atomically (a reader never sees a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(str(port))
-    tmp.replace(path)
+    write_atomic(path, str(port))
 
 
 class _Server(ThreadingHTTPServer):

@@ -80,7 +80,15 @@ from fedkube.devenv.images import (
     Timer,
 )
 from fedkube.errors import ServiceUnavailable
-from fedkube.process import ChildProcess, is_zombie, kill_pids, stop_all, stop_pids, wait_gone
+from fedkube.process import (
+    ChildProcess,
+    is_zombie,
+    kill_pids,
+    stop_all,
+    stop_pids,
+    wait_gone,
+    write_atomic,
+)
 
 __all__ = [
     "BASE_IMAGE",
@@ -440,9 +448,7 @@ class Cluster:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 # ---- configuration files

@@ -20,6 +20,7 @@ from fedkube.process import (
     stop_all,
     stop_pids,
     wait_gone,
+    write_atomic,
 )
 
 
@@ -161,3 +162,13 @@ def test_stop_pids_terms_then_kills_what_ignores_sigterm_and_counts_zombies_as_g
     assert polite.wait(5) == -signal.SIGTERM
     assert stubborn.wait(5) == -signal.SIGKILL
     assert is_zombie(polite.pid)  # reaped now: gone counts too
+
+
+def test_write_atomic_replaces_the_file_whole_with_the_mode_asked(tmp_path: Path) -> None:
+    path = tmp_path / "x.port"
+    path.write_text("old, longer than the new text")
+    write_atomic(path, "4242")
+    assert path.read_text() == "4242"
+    write_atomic(secret := tmp_path / "c.token", "t\n", mode=0o600)
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.token", "x.port"]  # no temp file
