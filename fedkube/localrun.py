@@ -259,11 +259,15 @@ class LocalFederation:
     def _spawn(
         self, role: str, name: str, args: list[str], env: dict[str, str] | None = None
     ) -> Proc:
-        log = self.workdir / "logs" / f"{name}.log"
         env = self._env(role) if env is None else env
-        proc = Proc(role, name, self._command(role, args), log, cwd=self.job_dir, env=env)
+        proc = Proc(
+            role, name, self._command(role, args), self._log(name), cwd=self.job_dir, env=env
+        )
         self.procs.append(proc)
         return proc.start()
+
+    def _log(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
 
     def _command(self, role: str, args: list[str]) -> list[str]:
         """``python -P -m fedkube ROLE ARGS --log-level LEVEL``."""
@@ -466,27 +470,43 @@ class LocalFederation:
     ) -> Proc:
         """Start simulated client i of n_clients on combiner i mod replicas, as a
         `fedkube client` process of its own."""
+        client = self._client_entry(i, n_clients)
         return self._spawn(
             "client",
-            f"client-{i}",
-            [*self._client_args(job_yaml, i, n_clients), *(extra or [])],
+            client.name,
+            [*self._client_args(job_yaml, client), *(extra or [])],
             env=self._client_env(i),
         )
 
-    def _client_args(self, job_yaml: Path, i: int, n_clients: int) -> list[str]:
+    def _client_entry(self, i: int, n_clients: int) -> PoolEntry:
+        """Simulated client i of n_clients, whether forked by the pool or a process of
+        its own: its name and id, its combiner (i mod replicas), workdir and log."""
         names = list(self.combiners)
+        name = f"client-{i}"
+        return PoolEntry(
+            name=name,
+            client_id=name,
+            client_index=i,
+            num_clients=n_clients,
+            connect=self.combiners[names[i % len(names)]],
+            workdir=str(self.workdir / "clients" / name),
+            log=str(self._log(name)),
+        )
+
+    def _client_args(self, job_yaml: Path, client: PoolEntry) -> list[str]:
+        """`client`'s `fedkube client` flags."""
         return [
             "--connect",
-            self.combiners[names[i % len(names)]],
+            client.connect,
             *self._job_args(job_yaml),
             "--client-id",
-            f"client-{i}",
+            client.client_id,
             "--client-index",
-            str(i),
+            str(client.client_index),
             "--num-clients",
-            str(n_clients),
+            str(client.num_clients),
             "--workdir",
-            str(self.workdir / "clients" / f"client-{i}"),
+            client.workdir,
         ]
 
     def start_clients(self, job_yaml: Path, count: int | None = None) -> list[Proc]:
@@ -528,31 +548,18 @@ class LocalFederation:
         pool = self.start_pool(job_yaml, n_clients)
         assert pool is not None
         self.pool = None  # the pool takes clients once
-        names = list(self.combiners)
-        entries, tokens, clients = [], [], []
-        for i in range(n_clients):
-            name = f"client-{i}"
-            entries.append(
-                PoolEntry(
-                    name=name,
-                    client_id=name,
-                    client_index=i,
-                    num_clients=n_clients,
-                    connect=self.combiners[names[i % len(names)]],
-                    workdir=str(self.workdir / "clients" / name),
-                    log=str(self.workdir / "logs" / f"{name}.log"),
-                )
+        entries = [self._client_entry(i, n_clients) for i in range(n_clients)]
+        clients = [
+            PooledClient(  # argv, env: the process it would be without the pool
+                self._command("client", self._client_args(job_yaml, e)),
+                Path(e.log),
+                cwd=self.job_dir,
+                env=self._client_env(e.client_index),
+                handle=PooledProcess(self.pool_dir, e.name, lambda: pool.returncode),
             )
-            tokens.append(self.client_token_for(i))
-            clients.append(
-                PooledClient(  # argv, env: the process it would be without the pool
-                    self._command("client", self._client_args(job_yaml, i, n_clients)),
-                    Path(entries[-1].log),
-                    cwd=self.job_dir,
-                    env=self._client_env(i),
-                    handle=PooledProcess(self.pool_dir, name, lambda: pool.returncode),
-                )
-            )
+            for e in entries
+        ]
+        tokens = [self.client_token_for(e.client_index) for e in entries]
         write_clients(self.pool_dir, entries, tokens)
         self.procs.extend(clients)
         deadline = time.monotonic() + POOL_FORK_TIMEOUT
