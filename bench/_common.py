@@ -91,6 +91,22 @@ def write_json(path: Path | None, rows: list[Row]) -> None:
         path.write_text(json.dumps([r.as_json() for r in rows], indent=1) + "\n")
 
 
+def tensor_sizes(params: int, tensors: int) -> list[int]:
+    """`params` values split over `tensors` tensors (the last takes the remainder)."""
+    sizes = [params // tensors] * tensors
+    sizes[-1] += params - sum(sizes)
+    return sizes
+
+
+def proc_kb(path: str | Path, field: str) -> int:
+    """The kB of `field` in a /proc file of ``Field:  N kB`` lines (/proc/PID/status,
+    /proc/meminfo, /proc/PID/smaps_rollup); KeyError when it has no such line."""
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
 #: the reducer token the benchmarks' combiners accept
 REDUCER_TOKEN = "bench-reducer-token"
 

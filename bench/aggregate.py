@@ -36,7 +36,7 @@ import numpy as np
 from scipy.linalg.blas import saxpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Row, add_common_args, finish
+from _common import Row, add_common_args, finish, tensor_sizes
 
 from fedkube.aggregate import WeightedMean
 from fedkube.combiner.verify import read_update
@@ -61,10 +61,9 @@ def make_updates(store: LocalObjectStore, n: int, params: int) -> tuple[list[str
     """N update objects of `params` float32 values in TENSORS tensors; their keys and
     digests."""
     rng = np.random.default_rng(n)
-    sizes = [params // TENSORS] * TENSORS
-    sizes[-1] += params - sum(sizes)
     base = {
-        f"layer{i}.weight": rng.standard_normal(s).astype(np.float32) for i, s in enumerate(sizes)
+        f"layer{i}.weight": rng.standard_normal(s).astype(np.float32)
+        for i, s in enumerate(tensor_sizes(params, TENSORS))
     }
     keys, digests = [], []
     tmp = store.root / "tmp.safetensors"

@@ -35,7 +35,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Row, add_common_args, finish
+from _common import Row, add_common_args, finish, proc_kb, tensor_sizes
 
 from fedkube.model import save_model
 
@@ -54,9 +54,7 @@ def train(model, ctx):
 
 
 def write_job(tmp: Path, nbytes: int) -> Path:
-    params = nbytes // 4
-    sizes = [params // TENSORS] * TENSORS
-    sizes[-1] += params - sum(sizes)
+    sizes = tensor_sizes(nbytes // 4, TENSORS)
     save_model(
         tmp / "seed.safetensors", {f"l{i}": np.zeros(n, np.float32) for i, n in enumerate(sizes)}
     )
@@ -99,12 +97,9 @@ def role(proc: psutil.Process) -> str | None:
 
 def peak_kb(pid: int) -> int:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        return proc_kb(f"/proc/{pid}/status", "VmHWM")
+    except (OSError, KeyError):  # gone, or a process without memory of its own
+        return 0
 
 
 def run_job(job: Path, tmp: Path, s3: object) -> tuple[dict[str, int], float, int]:

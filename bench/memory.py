@@ -39,6 +39,8 @@ from _common import (
     add_common_args,
     combiner_process,
     finish,
+    proc_kb,
+    tensor_sizes,
 )
 
 from fedkube.digest import UPDATE_ALGORITHM, format_digest
@@ -58,13 +60,6 @@ TENSORS = 8
 STREAMS_PER_CHANNEL = 100
 
 
-def proc_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def prepare(tmp: Path, n: int, params: int) -> tuple[Path, Path, dict[str, str], Path, str]:
     """Job file, store root, client tokens, one update file and its digest."""
     manifest = {
@@ -81,10 +76,11 @@ def prepare(tmp: Path, n: int, params: int) -> tuple[Path, Path, dict[str, str],
     job.write_text(yaml.safe_dump(manifest))
     store_root = tmp / "store"
     store = open_object_store(f"file://{store_root}")
-    sizes = [params // TENSORS] * TENSORS
-    sizes[-1] += params - sum(sizes)
     rng = np.random.default_rng(0)
-    seed = {f"l{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate(sizes)}
+    seed = {
+        f"l{i}": rng.standard_normal(s).astype(np.float32)
+        for i, s in enumerate(tensor_sizes(params, TENSORS))
+    }
     save_model(tmp / "seed.safetensors", seed)
     store.put_file(model_key("mem", 0), tmp / "seed.safetensors")
     update = tmp / "update.safetensors"
@@ -143,7 +139,7 @@ async def drive(address: str, pid: int, tokens: dict[str, str], update: Path, di
             raise SystemExit(f"{len(ids)} clients did not all connect")
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)
-    idle = proc_kb(pid, "VmRSS")
+    idle = proc_kb(f"/proc/{pid}/status", "VmRSS")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     plan = pb.RoundPlan(job="mem", round=1, attempt=1, kind=pb.TASK_KIND_TRAIN,
                         model_key=model_key("mem", 0), quota=len(ids),
@@ -153,7 +149,7 @@ async def drive(address: str, pid: int, tokens: dict[str, str], update: Path, di
     async for ev in control.RunRound(plan, metadata=rmd, timeout=900):
         if ev.HasField("partial"):
             partial = ev.partial
-    peak = proc_kb(pid, "VmHWM")
+    peak = proc_kb(f"/proc/{pid}/status", "VmHWM")
     for t in tasks:
         t.cancel()
     for ch in channels:

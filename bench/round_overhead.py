@@ -79,6 +79,7 @@ have no baseline and say why; with CI=true that is an error instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -98,7 +99,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import Row, add_common_args, finish
+from _common import Row, add_common_args, finish, proc_kb, tensor_sizes
 from _flower import (
     FLWR_VERSION,
     Deployment,
@@ -156,10 +157,7 @@ class Rounds:
 
 
 def mem_available_mb() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 1024
-    raise KeyError("MemAvailable")
+    return proc_kb("/proc/meminfo", "MemAvailable") / 1024
 
 
 def descendants_pss_mb() -> float:
@@ -169,13 +167,8 @@ def descendants_pss_mb() -> float:
     for pid in process_tree([os.getpid()]):
         if pid == os.getpid():
             continue
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total_kb += int(line.split()[1])
-                    break
-        except OSError:
-            continue
+        with contextlib.suppress(OSError, KeyError):  # gone, or no memory of its own
+            total_kb += proc_kb(f"/proc/{pid}/smaps_rollup", "Pss")
     return total_kb / 1024
 
 
@@ -222,10 +215,11 @@ class MemoryWatch:
 
 
 def seed_tensors(params: int, tensors: int) -> dict[str, np.ndarray]:
-    sizes = [params // tensors] * tensors
-    sizes[-1] += params - sum(sizes)
     rng = np.random.default_rng(0)
-    return {f"layer{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate(sizes)}
+    return {
+        f"layer{i}": rng.standard_normal(s).astype(np.float32)
+        for i, s in enumerate(tensor_sizes(params, tensors))
+    }
 
 
 def overhead_job(directory: Path, n: int, rounds: int, params: int, tensors: int,

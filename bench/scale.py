@@ -44,6 +44,7 @@ from _common import (
     add_common_args,
     combiner_process,
     finish,
+    proc_kb,
 )
 
 from fedkube.model import save_model
@@ -153,10 +154,10 @@ def _swarm(address: str, items: list[tuple[str, str]], streams: int, heartbeat: 
 
 
 def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    try:
+        return proc_kb(f"/proc/{pid}/status", "VmRSS") / 1024
+    except KeyError:
+        return float("nan")
 
 
 async def _round(address: str, n: int) -> float:
