@@ -102,7 +102,9 @@ except (OSError, AttributeError):  # not Linux
 def die_with_parent() -> None:
     """In a new child: SIGKILL it when its parent ends (Linux's PR_SET_PDEATHSIG;
     nothing elsewhere), so that a benchmark killed outright leaves no SuperNode
-    polling for ever. (The parent starts its children from its main thread.)"""
+    polling for ever. (The parent starts its children from its main thread.)
+    fedkube.process has the same; the fork server needs it in Flower's venv, where
+    fedkube cannot be imported."""
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
